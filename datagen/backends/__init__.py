@@ -1,0 +1,1 @@
+"""Generator backends behind one interface (see base.py)."""
