@@ -1,0 +1,134 @@
+"""Shared config pieces: the base run config, model presets, stages and `:arg` parsing.
+
+A run config has the sections model, rope, attn, mesh, data, opt, ckpt, eval and a `stages`
+dict. Stages run in sorted key order (name them `s1_...`, `s2_...`); each starts from the
+previous stage's final checkpoint with its own length, RoPE settings, data and LR schedule.
+"""
+from __future__ import annotations
+
+import ml_collections as mc
+
+# Llama-3.1-8B-Instruct (HF config.json of meta-llama/Llama-3.1-8B-Instruct).
+LLAMA31_8B = dict(vocab_size=128256, d_model=4096, n_layers=32, n_heads=32, n_kv_heads=8,
+                  head_dim=128, d_ff=14336, norm_eps=1e-5, tie_embeddings=False)
+# Llama 3.1's own RoPE (rope_type llama3): theta 5e5, factor 8 over an 8K original window.
+LLAMA31_ROPE = dict(type="llama3", theta=500_000.0, factor=8.0, low_freq_factor=1.0,
+                    high_freq_factor=4.0, original_max_position_embeddings=8192)
+TINY = dict(vocab_size=1024, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=16,
+            d_ff=128, norm_eps=1e-5, tie_embeddings=False)
+
+
+def parse_arg(arg: str | None, **defaults):
+    """Parses a `:arg` string 'k1=v1,k2=v2' (or a bare 'name' -> variant=name) over defaults.
+
+    Values are converted to the type of the default; unknown keys are an error.
+    """
+    out = mc.ConfigDict(defaults)
+    if not arg:
+        return out
+    for part in arg.split(","):
+        if "=" not in part:
+            if "variant" not in defaults:
+                raise ValueError(f"config arg {part!r} needs the form key=value")
+            part = f"variant={part}"
+        k, v = part.split("=", 1)
+        if k not in defaults:
+            raise ValueError(f"config arg {k!r} unknown; known: {sorted(defaults)}")
+        d = defaults[k]
+        out[k] = (v.lower() in ("1", "true", "yes")) if isinstance(d, bool) else type(d)(v)
+    return out
+
+
+def rope(**kw) -> mc.ConfigDict:
+    """A RoPE config (lctx.rope registry fields); unset fields keep the model's defaults."""
+    base = dict(type="default",  # registry name: default|linear|dynamic|ntk|yarn|llama3|longrope
+                theta=10_000.0,  # base frequency theta (inv_freq_i = theta^(-2i/H))
+                factor=1.0,  # context scaling factor (linear/dynamic/yarn/llama3), unitless
+                low_freq_factor=1.0, high_freq_factor=4.0,  # llama3 blend band, unitless
+                original_max_position_embeddings=0)  # L0 in tokens (0 = model.max_seq_len)
+    base.update(kw)
+    return mc.ConfigDict(base)
+
+
+def stage(*, seq_len: int, steps: int, rope_cfg: mc.ConfigDict, data_path: str = "",
+          lr: float = -1.0, warmup_steps: int = -1, carry_opt_state: bool = False,
+          export_hf: bool = True) -> mc.ConfigDict:
+    """One stage of stepwise RoPE scaling."""
+    return mc.ConfigDict(dict(
+        seq_len=seq_len,  # tokens per row T for this stage
+        steps=steps,  # optimizer steps (= epochs * rows / batch, computed by the config)
+        rope=rope_cfg,  # RoPE settings used throughout this stage and exported with it
+        data_path=data_path,  # ArrayRecord glob for this stage ('' = data.path)
+        lr=lr,  # peak LR for this stage (-1 = opt.lr)
+        warmup_steps=warmup_steps,  # LR warmup steps (-1 = opt.warmup_steps)
+        carry_opt_state=carry_opt_state,  # keep Adam moments from the previous stage
+        export_hf=export_hf,  # write an HF directory (with this stage's RoPE) at the end
+    ))
+
+
+def base_config() -> mc.ConfigDict:
+    """Every field of a run with its unit; presets override what they need."""
+    c = mc.ConfigDict()
+    c.seed = 0  # PRNG seed for init and dropout-free training noise (data has its own)
+    c.model = mc.ConfigDict(dict(TINY))
+    c.model.max_seq_len = 2048  # largest T the model accepts, in tokens (stages must fit)
+    c.model.dtype = "float32"  # compute dtype of activations (bfloat16 on GPU)
+    c.model.param_dtype = "float32"  # master weight dtype (always float32 for training)
+    c.model.remat = "none"  # remat policy: none | full | dots (save matmul outputs)
+    c.model.scan_layers = True  # scan the layer stack (compile time independent of L)
+    c.rope = rope()  # model's base RoPE (stages override it)
+    c.attn = mc.ConfigDict(dict(
+        impl="dense",  # dense | blockwise | ring (ring needs mesh.context > 1)
+        block_q=512,  # blockwise query block, tokens
+        block_k=512,  # blockwise key block, tokens
+    ))
+    c.mesh = mc.ConfigDict(dict(
+        data=1,  # data-parallel replicas (-1 = all remaining devices)
+        fsdp=-1,  # parameter/optimizer shards (-1 = all remaining devices)
+        context=1,  # sequence shards (ring attention); > 1 also zigzags the data
+        tensor=1,  # tensor-parallel shards
+    ))
+    c.data = mc.ConfigDict(dict(
+        builder="",  # self-building source ('kjv_demo'); '' = read data.path
+        recipe="",  # datagen recipe that produced the data (provenance only)
+        path="",  # glob(s) of ArrayRecord shards (comma-separated), lctx.conversation/v1
+        tokenizer="",  # SentencePiece .model or HF tokenizer dir ('' = init_from dir)
+        batch_size=8,  # global rows per optimizer step (split over processes)
+        pack=True,  # first-fit pack documents per row; False = one document a row
+        packing_bins=8,  # rows packed at once (more = less padding, more memory)
+        overlong="truncate",  # documents longer than T: truncate | drop (counted, logged)
+        seed=0,  # shuffle seed
+        demo_records=4000,  # kjv_demo: number of conversations
+        demo_vocab_size=1024,  # kjv_demo: SentencePiece pieces
+        demo_shards=4,  # kjv_demo: ArrayRecord shards
+    ))
+    c.opt = mc.ConfigDict(dict(
+        lr=3e-4,  # peak learning rate
+        warmup_steps=10,  # linear warmup, optimizer steps
+        schedule="cosine",  # decay after warmup: cosine | linear | constant
+        end_lr_frac=0.1,  # final LR as a fraction of peak
+        b1=0.9, b2=0.95, eps=1e-8,  # AdamW moments and epsilon
+        weight_decay=0.0,  # decoupled weight decay per step (times LR)
+        clip_norm=1.0,  # global gradient-norm clip (0 = off)
+        grad_accum=1,  # micro-batches per optimizer step (batch_size % grad_accum == 0)
+        loss_chunk=1024,  # tokens per cross-entropy chunk (never builds [T, V] logits)
+    ))
+    c.ckpt = mc.ConfigDict(dict(
+        every_steps=100,  # save every N steps within a stage (the stage end always saves)
+        keep=2,  # checkpoints kept per stage
+        async_save=True,  # save in the background (orbax async)
+        init_from="",  # HF model directory to start from (lctx.hf.load_hf); '' = scratch
+        resume_from="",  # another run's checkpoint dir to start from (ignored if own exists)
+    ))
+    c.eval = mc.ConfigDict(dict(
+        every_steps=0,  # held-out loss every N steps (0 = off)
+        batches=2,  # batches per evaluation
+        path="",  # ArrayRecord glob for held-out data ('' = training source, other seed)
+    ))
+    c.log = mc.ConfigDict(dict(
+        every_steps=1,  # metrics to JSONL/console every N steps
+        peak_tflops=989.0,  # per-device peak for MFU, TFLOP/s (H100 SXM bf16 dense)
+        progress=True,  # tqdm progress bar
+    ))
+    c.stages = mc.ConfigDict()
+    return c

@@ -1,0 +1,55 @@
+"""He et al. 2025, Section 4.2: Llama-3.1-8B-Instruct to 1M tokens by stepwise RoPE scaling.
+
+Not a config file itself: `180k.py`, `350k.py`, `650k.py` and `1m.py` call `paper_config`
+with how many stages to run. Stages share one workdir, so `1m.py` in the workdir of a
+finished `650k.py` run continues with the 1M stage only.
+
+Paper facts: 2000 samples of 180K tokens, 1280 of 350K, 600 of 650K, 200 of 1M (4, 8, 12
+documents concatenated beyond 180K); lr 6e-5, 1 epoch per stage; 8-32 H100s; 650K took 30 h,
+1M a further 52.5 h. Choices of ours (the paper is silent): global batch 8 rows (one row per
+micro-batch, grad_accum 8 on a single data replica); warmup 5% of the stage's steps, cosine
+decay to 10%; Adam moments fresh each stage; RoPE theta per stage from static NTK scaling of
+Llama-3's original 8K window, theta' = 5e5 * (L / 8192)^(128/126) (REFERENCE_NOTES), with
+rope type 'default' (the llama3 frequency blend is dropped from stage 1, as in Gradient's
+1048K model). `:rope=llama3` instead keeps the llama3 type and scales its factor with length.
+"""
+from configs import common
+
+# (stage name, T tokens, documents in the stage, default-rope theta, suggested H100 nodes)
+STAGES = (("s1_180k", 180 * 1024, 2000, 1.15e7, 1),
+          ("s2_350k", 350 * 1024, 1280, 2.27e7, 2),
+          ("s3_650k", 650 * 1024, 600, 4.25e7, 4),
+          ("s4_1m", 1024 * 1024, 200, 6.59e7, 4))
+
+
+def stage_rope(kind: str, seq_len: int, theta: float):
+    if kind == "ntk":
+        return common.rope(type="default", theta=theta)
+    if kind == "llama3":
+        return common.rope(**dict(common.LLAMA31_ROPE, factor=8.0 * seq_len / 131072))
+    raise ValueError(f"rope={kind!r}; expected ntk or llama3")
+
+
+def paper_config(n_stages: int, arg=None):
+    a = common.parse_arg(arg, rope="ntk", data_root="data/paper", batch=8, epochs=1)
+    c = common.base_config()
+    c.model.update(common.LLAMA31_8B)
+    c.model.update(max_seq_len=1024 * 1024, dtype="bfloat16", param_dtype="float32",
+                   remat="full", scan_layers=True)
+    c.rope = common.rope(**common.LLAMA31_ROPE)
+    c.attn.update(impl="ring", block_q=2048, block_k=2048)
+    # Weights shard over fsdp x context; every device of the job holds one slice of each row.
+    c.mesh.update(data=1, fsdp=1, context=-1, tensor=1)
+    c.data.update(path=f"{a.data_root}/s1_180k/*.arrayrecord", tokenizer="", batch_size=a.batch,
+                  pack=False, overlong="truncate")
+    c.opt.update(lr=6e-5, schedule="cosine", end_lr_frac=0.1, weight_decay=0.0,
+                 clip_norm=1.0, grad_accum=a.batch, loss_chunk=8192)
+    c.ckpt.update(every_steps=25, keep=2, init_from="models/Llama-3.1-8B-Instruct")
+    c.log.peak_tflops = 989.0  # H100 SXM dense bf16
+    for name, seq_len, docs, theta, _ in STAGES[:n_stages]:
+        steps = max(1, docs * a.epochs // a.batch)
+        c.stages[name] = common.stage(
+            seq_len=seq_len, steps=steps, rope_cfg=stage_rope(a.rope, seq_len, theta),
+            data_path=f"{a.data_root}/{name}/*.arrayrecord",
+            warmup_steps=max(1, steps // 20), carry_opt_state=False)
+    return c

@@ -1,0 +1,273 @@
+"""grain input pipeline: conversation records -> chat tokens -> packed, static-shape batches.
+
+    ArrayRecord shards (`lctx.conversation/v1` JSON)
+      -> MapDataset: this process's share (records[process_index::process_count])
+      -> repeat forever, reshuffled each epoch (seeded)
+      -> render with the chat format: (ids, loss_mask); loss only on assistant answers
+      -> next-token pairs per document: inputs = ids[:-1], targets = ids[1:],
+         weights = loss_mask[1:] (so a document's last token never predicts the next one)
+      -> overlong documents truncated or dropped (by config; counted in `stats`)
+      -> first-fit packing (or padding: one document a row) to `seq_len`, with segment ids
+         (0 = padding) and per-document positions
+      -> batch of `batch_size // process_count` rows
+      -> zigzag reorder along T when the mesh has a context axis > 1 (ring load balance)
+
+Every batch is a dict of int32 / float32 numpy arrays of shape [B, T] with keys
+`inputs`, `targets`, `weights`, `segment_ids`, `positions`. Iterators are grain
+`DatasetIterator`s: `get_state()` / `set_state()` round-trip exactly and are saved with the
+model by `lctx.checkpoint`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import glob
+import logging
+import os
+from typing import Any, Callable
+
+import grain
+import numpy as np
+
+from lctx import records as records_lib
+
+# render(messages) -> (ids, loss_mask): the chat format (lctx.tokenizer.ChatFormat.render).
+RenderFn = Callable[[list[dict[str, str]]], tuple[list[int], list[int]]]
+KEYS = ("inputs", "targets", "weights", "segment_ids", "positions")
+
+
+class DataError(ValueError):
+    """Bad data configuration or input; the message names the field and the fix."""
+
+
+@dataclasses.dataclass
+class Stats:
+    """Per-process document counters since the pipeline was built (not checkpointed)."""
+    documents: int = 0
+    truncated: int = 0
+    dropped: int = 0
+    tokens: int = 0
+    loss_tokens: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return dataclasses.asdict(self)
+
+
+def resolve_paths(path: str) -> list[str]:
+    """Expands `data.path` (a glob or comma-separated globs) into sorted shard paths."""
+    if not path:
+        raise DataError("data.path is empty: set --config.data.path to a glob of ArrayRecord "
+                        "shards, or data.builder to a builder name such as 'kjv_demo'")
+    paths = sorted({p for pat in path.split(",") for p in glob.glob(os.path.expanduser(pat))})
+    if not paths:
+        raise DataError(f"data.path={path!r} matches no files; check the path or generate "
+                        "the data first (datagen), or use data.builder='kjv_demo'")
+    return paths
+
+
+class _Render(grain.transforms.Map):
+    """Record bytes -> next-token document arrays (inputs, targets, weights)."""
+
+    def __init__(self, render: RenderFn, seq_len: int, overlong: str, stats: Stats):
+        self.render, self.seq_len, self.overlong, self.stats = render, seq_len, overlong, stats
+
+    def map(self, data: bytes) -> dict[str, np.ndarray] | None:
+        rec = records_lib.decode(data)
+        if not records_lib.has_assistant_turn(rec):
+            raise records_lib.RecordError(
+                f"record {rec['id']!r} has no non-empty assistant turn, so it has no tokens "
+                "to train on (loss is on answers only); fix or remove it in the data")
+        ids, mask = self.render(rec["messages"])
+        ids_T = np.asarray(ids, np.int32)
+        w_T = np.asarray(mask, np.float32)
+        self.stats.documents += 1
+        if len(ids_T) - 1 > self.seq_len:
+            if self.overlong == "drop":
+                self.stats.dropped += 1
+                return None
+            self.stats.truncated += 1
+            ids_T, w_T = ids_T[: self.seq_len + 1], w_T[: self.seq_len + 1]
+        doc = {"inputs": ids_T[:-1], "targets": ids_T[1:], "weights": w_T[1:]}
+        self.stats.tokens += len(doc["inputs"])
+        self.stats.loss_tokens += int(doc["weights"].sum())
+        return doc
+
+
+def _finish_packed(ex: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {"inputs": ex["inputs"], "targets": ex["targets"], "weights": ex["weights"],
+            "segment_ids": ex["inputs_segment_ids"], "positions": ex["inputs_positions"]}
+
+
+def _pad_one(seq_len: int) -> Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]:
+    def pad(doc):
+        n = len(doc["inputs"])
+        out = {k: np.zeros(seq_len, v.dtype) for k, v in doc.items()}
+        for k, v in doc.items():
+            out[k][:n] = v
+        out["segment_ids"] = (np.arange(seq_len) < n).astype(np.int32)
+        out["positions"] = np.where(out["segment_ids"] > 0, np.arange(seq_len), 0).astype(np.int32)
+        return out
+    return pad
+
+
+def zigzag_permutation(seq_len: int, shards: int) -> np.ndarray:
+    """Index permutation of T for a causal ring of `shards` devices (dual chunk swap).
+
+    T is cut into 2*shards chunks; device r holds chunks r and 2*shards-1-r, so each device
+    gets the same amount of causal work. Uses `lctx.ring_attention.zigzag_indices` when it
+    exists so the data and the ring agree on one definition.
+    """
+    try:
+        from lctx.ring_attention import zigzag_indices
+        return np.asarray(zigzag_indices(seq_len, shards))
+    except ImportError:
+        pass
+    if seq_len % (2 * shards):
+        raise DataError(f"seq_len {seq_len} must be divisible by 2 x context shards "
+                        f"({2 * shards}) for the zigzag layout")
+    chunks = np.arange(seq_len).reshape(2 * shards, -1)
+    return np.concatenate([np.concatenate([chunks[r], chunks[2 * shards - 1 - r]])
+                           for r in range(shards)])
+
+
+def make_dataset(paths: list[str], render: RenderFn, *, seq_len: int, batch_size: int,
+                 seed: int = 0, pack: bool = True, packing_bins: int = 8,
+                 overlong: str = "truncate", context_shards: int = 1,
+                 process_index: int = 0, process_count: int = 1,
+                 stats: Stats | None = None) -> grain.IterDataset:
+    """Builds the infinite per-process batch dataset described in the module docstring.
+
+    Args:
+      paths: ArrayRecord shard paths.
+      render: chat-format renderer, messages -> (ids, loss_mask).
+      seq_len: T, tokens per row (the stage length).
+      batch_size: global batch (rows per step over all processes).
+      seed: shuffle seed (epoch e is reshuffled from it).
+      pack: first-fit pack several documents a row; else one document a row, padded.
+      packing_bins: rows packed at once (more bins, less padding).
+      overlong: 'truncate' or 'drop' documents longer than seq_len + 1 tokens.
+      context_shards: size of the mesh's context axis; > 1 applies the zigzag layout.
+      process_index, process_count: this JAX process among all.
+      stats: optional counters filled while iterating (in this process).
+    """
+    if overlong not in ("truncate", "drop"):
+        raise DataError(f"data.overlong={overlong!r}; expected 'truncate' or 'drop'")
+    if batch_size % process_count:
+        raise DataError(f"data.batch_size={batch_size} must be divisible by the number of "
+                        f"JAX processes ({process_count})")
+    source = grain.sources.ArrayRecordDataSource(paths)
+    n = len(source)
+    if n < process_count:
+        raise DataError(f"{n} records in {paths[:3]}... cannot be shared by "
+                        f"{process_count} processes")
+    stats = stats if stats is not None else Stats()
+    ds = grain.MapDataset.source(source)[process_index::process_count]
+    ds = ds.repeat(None).shuffle(seed=seed)  # shuffle after repeat: a new order each epoch
+    ds = ds.map(_Render(render, seq_len, overlong, stats)).filter(lambda d: d is not None)
+    it = ds.to_iter_dataset()
+    if pack:
+        lengths = {"inputs": seq_len, "targets": seq_len, "weights": seq_len}
+        it = grain.experimental.FirstFitPackIterDataset(
+            it, length_struct=lengths, num_packing_bins=packing_bins, seed=seed,
+            shuffle_bins=False).map(_finish_packed)
+    else:
+        it = it.map(_pad_one(seq_len))
+    it = it.batch(batch_size // process_count, drop_remainder=True)
+    if context_shards > 1:
+        perm_T = zigzag_permutation(seq_len, context_shards)
+        it = it.map(lambda b: {k: v[:, perm_T] for k, v in b.items()})
+    return it
+
+
+def render_fn_from_tokenizer(tokenizer_path: str) -> RenderFn:
+    """The Llama-3 chat format over the tokenizer at `tokenizer_path` (SP model or HF dir)."""
+    from lctx.tokenizer import ChatFormat, load_tokenizer
+    return ChatFormat(load_tokenizer(tokenizer_path)).render
+
+
+def build_source(cfg_data: Any, workdir: str) -> tuple[list[str], str]:
+    """Resolves the data source of a config: (shard paths, tokenizer path).
+
+    `data.builder` names a self-building source (built once, cached under `workdir`);
+    otherwise `data.path` is a glob of ArrayRecord shards and `data.tokenizer` the tokenizer.
+    """
+    builder = cfg_data.get("builder", "")
+    if builder:
+        if builder not in BUILDERS:
+            raise DataError(f"data.builder={builder!r} is unknown; known: {sorted(BUILDERS)} "
+                            "(or leave it empty and set data.path)")
+        return BUILDERS[builder](os.path.join(workdir, "data"), cfg_data)
+    if not cfg_data.get("tokenizer", ""):
+        raise DataError("data.tokenizer is empty: set it to a SentencePiece .model or an HF "
+                        "tokenizer directory (usually the init_from model directory)")
+    return resolve_paths(cfg_data.path), cfg_data.tokenizer
+
+
+def log_batch_summary(batch: dict[str, np.ndarray]) -> None:
+    seg = batch["segment_ids"]
+    logging.info("data: batch %s, non-pad %.1f%%, loss tokens %d, documents %d",
+                 {k: (v.shape, str(v.dtype)) for k, v in batch.items()},
+                 100.0 * (seg > 0).mean(), int(batch["weights"].sum()),
+                 int(sum(len(np.unique(r[r > 0])) for r in seg)))
+
+
+# --- Self-building demo data (until the datagen package provides the demo set) -------------
+
+def kjv_demo_records(num_records: int, seed: int = 0) -> list[dict[str, Any]]:
+    """Retrieval-style QA conversations over short KJV passages (learnable by a tiny model).
+
+    Each record shows a passage of 2-6 referenced verses and asks 2-3 questions whose answers
+    are in the passage: quote a verse by reference, name the book, or give the next verse.
+    """
+    from lctx.corpora import kjv_verses
+    verses = kjv_verses()
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(num_records):
+        k = int(rng.integers(2, 7))
+        start = int(rng.integers(0, len(verses) - k))
+        window = verses[start:start + k]
+        refs = [f"{b} {c}:{v}" for b, c, v, _ in window]
+        passage = "\n".join(f"{r} {v[3]}" for r, v in zip(refs, window))
+        msgs = [{"role": "system", "content": "Answer from the passage."},
+                {"role": "user", "content": passage}]
+        for q in rng.choice(3, size=int(rng.integers(2, 4)), replace=True):
+            j = int(rng.integers(0, k - 1))
+            if q == 0:
+                msgs += [{"role": "user", "content": f"Quote {refs[j]}."},
+                         {"role": "assistant", "content": window[j][3]}]
+            elif q == 1:
+                msgs += [{"role": "user", "content": "Which book?"},
+                         {"role": "assistant", "content": window[0][0]}]
+            else:
+                msgs += [{"role": "user", "content": f"What follows {refs[j]}?"},
+                         {"role": "assistant", "content": window[j + 1][3]}]
+        # Fold the passage into the first question so user turns alternate with answers.
+        msgs[2]["content"] = msgs[1]["content"] + "\n\n" + msgs[2]["content"]
+        del msgs[1]
+        out.append(records_lib.make_record(f"kjv-demo-{seed}-{i}", msgs, {"source": "kjv"}))
+    return out
+
+
+def build_kjv_demo(out_dir: str, cfg_data: Any) -> tuple[list[str], str]:
+    """Builds (once, cached) the KJV demo shards and a KJV SentencePiece tokenizer."""
+    from lctx.corpora import kjv_text
+    from lctx.tokenizer import train_sentencepiece
+    vocab = int(cfg_data.get("demo_vocab_size", 1024))
+    n = int(cfg_data.get("demo_records", 4000))
+    shards = int(cfg_data.get("demo_shards", 4))
+    os.makedirs(out_dir, exist_ok=True)
+    tok = os.path.join(out_dir, f"kjv{vocab}.model")
+    if not os.path.exists(tok):
+        logging.info("data: training a %d-piece SentencePiece tokenizer on the KJV", vocab)
+        train_sentencepiece(kjv_text(), vocab, tok[: -len(".model")])
+    paths = [os.path.join(out_dir, f"kjv_demo-{n}-{i:03d}-of-{shards:03d}.arrayrecord")
+             for i in range(shards)]
+    if not all(os.path.exists(p) for p in paths):
+        logging.info("data: writing %d KJV demo records to %s", n, out_dir)
+        recs = kjv_demo_records(n, seed=int(cfg_data.get("seed", 0)))
+        for i, p in enumerate(paths):  # each shard is written atomically
+            records_lib.write_array_record(p, recs[i::shards])
+    return paths, tok
+
+
+BUILDERS: dict[str, Callable[[str, Any], tuple[list[str], str]]] = {"kjv_demo": build_kjv_demo}
