@@ -1,0 +1,200 @@
+"""End-to-end dataset building: corpus -> chunks -> QA banks -> conversations -> shards.
+
+Resumable: every generator call goes through the on-disk cache, so a rerun after a crash
+(even kill -9) re-issues no completed call and, because every random choice is seeded from
+(config seed, document id, length, sample index), writes byte-identical output. Each worker
+(`shard` of `num_shards`) owns the documents at positions shard, shard + n, ... and writes its
+own files atomically; `merge` checks all shards and writes the combined manifest.
+"""
+from __future__ import annotations
+
+import collections
+import json
+import os
+import time
+from typing import Any, Sequence
+
+from lctx import records
+
+from datagen import chunking, concat, prompts, qa
+from datagen.cache import CachedGenerator
+from datagen.config import Config
+from datagen.corpus import Document, Skip
+from datagen.progress import Progress
+from datagen.tokens import Counter, load
+
+MANIFEST_SCHEMA = "datagen.manifest/v1"
+
+
+def shard_name(kind: str, shard: int, num_shards: int, ext: str) -> str:
+    return f"{kind}-{shard:05d}-of-{num_shards:05d}.{ext}"
+
+
+def _atomic_json(path: str, obj: Any) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1, sort_keys=True, ensure_ascii=False)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _atomic_jsonl(path: str, rows: Sequence[Any]) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        for r in rows:
+            f.write(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def build_dataset(corpus_docs: Sequence[Document | Skip], tokenizer_path: str, backend: Any,
+                  lengths: Sequence[int], out_dir: str, config: Config | None = None,
+                  shard: int = 0, num_shards: int = 1, progress: bool = True) -> dict[str, Any]:
+    """Builds (or resumes) this worker's shard of the dataset; returns its manifest.
+
+    Args:
+      corpus_docs: Documents (and Skips, recorded) from `datagen.corpus`, in corpus order.
+      tokenizer_path: target model tokenizer (SentencePiece .model or tokenizer.json).
+      backend: a `Generator` (extractive, vLLM, HTTP).
+      lengths: target conversation lengths in tokens (e.g. 180000, 350000).
+      out_dir: output directory (shared by all workers; cache lives in out_dir/cache).
+      config: settings; defaults follow the paper.
+      shard, num_shards: this worker's slice of the corpus.
+      progress: show progress bars.
+    """
+    cfg = config or Config()
+    if not 0 <= shard < num_shards:
+        raise ValueError(f"--shard={shard} must be in [0, --num-shards={num_shards})")
+    if not lengths or any(int(n) < 64 for n in lengths):
+        raise ValueError(f"--lengths={list(lengths)}: need one or more targets >= 64 tokens")
+    counter = Counter(load(tokenizer_path))
+    os.makedirs(out_dir, exist_ok=True)
+    gen = CachedGenerator(backend, os.path.join(out_dir, "cache"), worker=f"{shard:05d}")
+    mine = [d for i, d in enumerate(corpus_docs) if i % num_shards == shard]
+    skipped = {d.doc_id: d.reason for d in mine if isinstance(d, Skip)}
+    docs = [d for d in mine if isinstance(d, Document)]
+    prog = Progress(len(docs), "documents", enabled=progress)
+    caller = qa.Caller(gen, cfg, on_calls=prog.add_calls)
+    banks: list[dict[str, Any]] = []
+    t0 = time.perf_counter()
+    for b0 in range(0, len(docs), cfg.batch_docs):
+        batch = docs[b0:b0 + cfg.batch_docs]
+        triples = [(d.doc_id, d.text, chunking.split(d.text, counter.tok, cfg.small_tokens,
+                                                     cfg.small_per_medium)) for d in batch]
+        for d, bank in zip(batch, qa.build_banks(triples, caller, cfg)):
+            if isinstance(bank, str):
+                skipped[d.doc_id] = bank
+            else:
+                banks.append(bank)
+                prog.add_qas(len(bank["hierarchical"]) + len(bank["diverse"]))
+        prog.advance(len(batch))
+    prog.close()
+    _atomic_jsonl(os.path.join(out_dir, shard_name("banks", shard, num_shards, "jsonl")),
+                  banks)
+    per_length = {}
+    for target in [int(n) for n in lengths]:
+        per_length[str(target)] = _write_length(banks, counter, cfg, target, out_dir, shard,
+                                                num_shards, gen, progress)
+    manifest = {
+        "schema": MANIFEST_SCHEMA, "shard": shard, "num_shards": num_shards,
+        "prompt_version": prompts.PROMPT_VERSION, "generator": gen.describe(),
+        "generator_model": gen.model, "config": cfg.to_dict(),
+        "sampling": {"temperature": cfg.temperature, "top_p": cfg.top_p,
+                     "max_tokens_qa": cfg.max_tokens_qa, "max_attempts": cfg.max_attempts},
+        "tokenizer": os.path.basename(tokenizer_path),
+        "documents": {"in_shard": len(mine), "used": len(banks), "skipped": len(skipped)},
+        "skipped_docs": dict(sorted(skipped.items())),
+        "calls": {k: v for k, v in sorted(caller.stats.items())},
+        "failure_reasons": dict(sorted(caller.failure_reasons.items())),
+        "qa_pairs": {"hierarchical": sum(len(b["hierarchical"]) for b in banks),
+                     "diverse": sum(len(b["diverse"]) for b in banks)},
+        "lengths": per_length,
+    }
+    _atomic_json(os.path.join(out_dir, shard_name("manifest", shard, num_shards, "json")),
+                 manifest)
+    # Timings vary run to run: kept out of the manifest so reruns are byte-identical.
+    _atomic_json(os.path.join(out_dir, shard_name("runlog", shard, num_shards, "json")), {
+        "seconds": time.perf_counter() - t0, "cache_hits": gen.hits,
+        "backend_calls": gen.misses, "backend_seconds": gen.backend_seconds})
+    gen.close()
+    return manifest
+
+
+def _write_length(banks: list[dict[str, Any]], counter: Counter, cfg: Config, target: int,
+                  out_dir: str, shard: int, num_shards: int, gen: CachedGenerator,
+                  progress: bool) -> dict[str, Any]:
+    hard_max = int(target * cfg.hard_max_ratio)
+    lo = target * (1 - cfg.length_tolerance)
+    pool = [b for b in banks if counter.message("user", b["text"]) < target]
+    mine = [g for g in range(cfg.samples_per_length) if g % num_shards == shard]
+    recs, rejected, lens = [], collections.Counter(), []
+    prog = Progress(len(mine), f"{target}-token conversations", enabled=progress)
+    for g in mine:
+        seed = qa.stable_seed(cfg.seed, "conv", target, g)
+        msgs, labels, doc_ids, n = concat.build_conversation(pool, counter, target, cfg, seed)
+        if not msgs:
+            rejected["no document fits the target"] += 1
+        elif n < lo:
+            rejected[f"shorter than target*(1-{cfg.length_tolerance})"] += 1
+        else:
+            exact = counter.verify(msgs)  # one whole-render encode per conversation
+            if exact > hard_max:
+                raise AssertionError(f"conversation of {exact} tokens exceeds hard max "
+                                     f"{hard_max}")
+            lens.append(exact)
+            recs.append(records.make_record(f"len{target}/{g:06d}", msgs, {
+                "length_target": target, "num_tokens": exact, "docs": doc_ids,
+                "turns": labels, "seed": seed, "prompt_version": prompts.PROMPT_VERSION,
+                "generator": gen.model, "composition": cfg.composition,
+                "counts": cfg.counts, "global_summary": cfg.global_summary}))
+        prog.advance(1, tokens=n)
+    prog.close()
+    base = os.path.join(out_dir, shard_name(f"conversations-{target}", shard, num_shards, ""))
+    records.write_array_record(base + "array_record", recs)
+    if cfg.write_jsonl:
+        records.write_jsonl(base + "jsonl", recs)
+    return {"conversations": len(recs), "rejected": dict(sorted(rejected.items())),
+            "hard_max": hard_max, "docs_in_pool": len(pool),
+            "tokens": {"total": sum(lens), "min": min(lens, default=0),
+                       "max": max(lens, default=0)},
+            "file": os.path.basename(base + "array_record")}
+
+
+def merge(out_dir: str) -> dict[str, Any]:
+    """Verifies every worker's shards (present, readable, counts and lengths as recorded) and
+    writes the combined `manifest.json`. Raises naming the first missing or bad file."""
+    names = sorted(f for f in os.listdir(out_dir) if f.startswith("manifest-"))
+    if not names:
+        raise FileNotFoundError(f"{out_dir}: no manifest-*.json; run the workers first")
+    shards = [json.load(open(os.path.join(out_dir, f))) for f in names]
+    n = shards[0]["num_shards"]
+    have = sorted(s["shard"] for s in shards if s["num_shards"] == n)
+    if have != list(range(n)):
+        raise FileNotFoundError(f"{out_dir}: shards {sorted(set(range(n)) - set(have))} of {n} "
+                                f"missing (rerun those workers)")
+    totals: dict[str, Any] = collections.defaultdict(int)
+    failures: collections.Counter[str] = collections.Counter()
+    skipped: dict[str, str] = {}
+    for s in shards:
+        skipped.update(s["skipped_docs"])
+        failures.update(s["calls"])
+        for length, info in s["lengths"].items():
+            path = os.path.join(out_dir, info["file"])
+            got = list(records.read_array_record(path))
+            if len(got) != info["conversations"]:
+                raise ValueError(f"{path}: {len(got)} records, manifest says "
+                                 f"{info['conversations']}")
+            for r in got:
+                if r["meta"]["num_tokens"] > info["hard_max"]:
+                    raise ValueError(f"{path}: {r['id']} exceeds the hard max")
+            totals[length] += len(got)
+    merged = {"schema": MANIFEST_SCHEMA, "num_shards": n, "conversations": dict(totals),
+              "calls": dict(sorted(failures.items())), "skipped_docs": dict(sorted(
+                  skipped.items())), "shards": names, "prompt_version": shards[0][
+                  "prompt_version"], "generator_model": shards[0]["generator_model"],
+              "config": shards[0]["config"]}
+    _atomic_json(os.path.join(out_dir, "manifest.json"), merged)
+    return merged
