@@ -1,0 +1,155 @@
+"""Text sources and token counting for RULER.
+
+- `load_tokenizer`: the evaluated model's tokenizer (lctx.tokenizer when present).
+- `PieceCounter`: token counts of long prompts from cached counts of whitespace-led pieces,
+  so the length search never re-tokenises a whole prompt (exact counts are taken only to
+  verify the final choice).
+- Haystacks: Paul Graham essays JSON ({"text": ...}, the reference's format), any text file,
+  or the offline KJV; wonderwords 2.2.0 word lists; a sentence splitter.
+"""
+from __future__ import annotations
+
+import json
+import re
+from typing import Sequence
+
+_PIECE = re.compile(r"\s*\S+|\s+")
+
+
+class _SentencePieceAdapter:
+    def __init__(self, path: str):
+        import sentencepiece as spm
+        self._sp = spm.SentencePieceProcessor(model_file=path)
+
+    def encode(self, text: str) -> list[int]:
+        return self._sp.encode(text)
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        return self._sp.encode(list(texts))
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self._sp.decode(list(ids))
+
+
+class _HFJsonAdapter:
+    def __init__(self, path: str):
+        from tokenizers import Tokenizer
+        self._tok = Tokenizer.from_file(path)
+
+    def encode(self, text: str) -> list[int]:
+        return self._tok.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        return [e.ids for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self._tok.decode(list(ids), skip_special_tokens=False)
+
+
+def load_tokenizer(path: str):
+    """The evaluated model's tokenizer: `encode` (no BOS added, like RULER's `text_to_tokens`),
+    `encode_batch`, `decode`. Uses `lctx.tokenizer.load_tokenizer` when it exists."""
+    try:
+        from lctx.tokenizer import load_tokenizer as lctx_load
+    except ImportError:
+        lctx_load = None
+    if lctx_load is not None:
+        return lctx_load(path)
+    import os
+    if os.path.isdir(path):
+        for name in ("tokenizer.json", "tokenizer.model"):
+            if os.path.exists(os.path.join(path, name)):
+                path = os.path.join(path, name)
+                break
+    if path.endswith(".json"):
+        return _HFJsonAdapter(path)
+    if path.endswith(".model"):
+        return _SentencePieceAdapter(path)
+    raise ValueError(f"tokenizer {path!r}: expected a SentencePiece .model, a tokenizer.json "
+                     "or a folder holding one")
+
+
+def _encode_batch(tok, texts: list[str]) -> list[list[int]]:
+    if hasattr(tok, "encode_batch"):
+        return tok.encode_batch(texts)
+    return [tok.encode(t) for t in texts]
+
+
+class PieceCounter:
+    """Estimates token counts by summing cached counts of whitespace-led pieces.
+
+    Tokenizers in use (SentencePiece with whitespace splitting, byte-level BPE with a
+    pre-tokeniser) rarely merge across a space, so the sum is within a few tokens of the
+    exact count; the caller verifies the final prompt exactly.
+    """
+
+    def __init__(self, tokenizer):
+        self.tok = tokenizer
+        self.cache: dict[str, int] = {}
+        self.exact_calls = 0  # full-prompt tokenisations, for the benchmark
+
+    def pieces(self, text: str) -> list[str]:
+        return _PIECE.findall(text)
+
+    def estimate(self, text: str) -> int:
+        pieces = self.pieces(text)
+        cache = self.cache
+        missing = list({p for p in pieces if p not in cache})
+        if missing:
+            for p, ids in zip(missing, _encode_batch(self.tok, missing)):
+                cache[p] = len(ids)
+        return sum(cache[p] for p in pieces)
+
+    def exact(self, text: str) -> int:
+        self.exact_calls += 1
+        return len(self.tok.encode(text))
+
+
+# ----------------------------------------------------------------------------- haystacks
+def load_essay_words(essay_json: str | None = None, corpus_path: str | None = None) -> list[str]:
+    """Haystack words as the reference makes them: whitespace runs to one space, split on it.
+
+    Args:
+      essay_json: a PaulGrahamEssays.json ({"text": "..."}), the reference's haystack.
+      corpus_path: any UTF-8 text file, used when no essay JSON is given.
+    Without either, the KJV from `lctx.corpora` (offline) is used.
+    """
+    if essay_json:
+        with open(essay_json, encoding="utf-8") as f:
+            text = json.load(f)["text"]
+    elif corpus_path:
+        with open(corpus_path, encoding="utf-8") as f:
+            text = f.read()
+    else:
+        from lctx.corpora import kjv_text
+        text = kjv_text()
+    return re.sub(r"\s+", " ", text).split(" ")
+
+
+# nltk's punkt model cannot be downloaded offline; this splitter cuts after ., ! or ? (and
+# closing quotes/brackets) before a capital letter, digit or opening quote. It only decides
+# the sentence boundaries where needles may go (the text itself is unchanged).
+_SENT_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[\"'(\[]?[A-Z0-9])")
+_ABBREV = re.compile(r"\b(?:Mr|Mrs|Ms|Dr|Prof|Sr|Jr|St|vs|etc|e\.g|i\.e|Inc|Ltd|Co)\.$")
+
+
+def split_sentences(text: str) -> list[str]:
+    """Sentences of `text` (stripped) such that ' '.join(result) == text for 1-space text."""
+    out, start = [], 0
+    for m in _SENT_END.finditer(text):
+        if _ABBREV.search(text[max(start, m.start() - 8):m.start()]):
+            continue
+        end = m.start() + len(m.group().rstrip())
+        out.append(text[start:end].strip())
+        start = m.end()
+    tail = text[start:].strip()
+    if tail:
+        out.append(tail)
+    return [s for s in out if s]
+
+
+def wonderwords_lists() -> tuple[list[str], list[str], list[str]]:
+    """(nouns, adjectives, verbs) as shipped in wonderwords (RULER 2024 pinned 2.2.0)."""
+    from wonderwords import random_word
+    get = random_word._get_words_from_text_file  # the reference reads the same private helper
+    return get("nounlist.txt"), get("adjectivelist.txt"), get("verblist.txt")
