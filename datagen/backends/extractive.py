@@ -83,10 +83,10 @@ def _qa(context: str, kind: str, rng: random.Random) -> dict[str, str]:
             return {"question": q, "answer": f"{letters[opts.index(right)]}) {right}"}
     if kind in ("character", "perspective", "specific") and in_s:
         name = rng.choice(in_s)
-        rest = s.split(name, 1)[1].strip(" ,;:")
-        if len(rest.split()) >= 3:
+        span = s[s.index(name):]
+        if len(span.split()) >= 4:
             return {"question": f"According to the text, what is said of {name}?",
-                    "answer": f"{name} {rest}"}
+                    "answer": span}
     cut = max(3, min(len(words) - 2, len(words) // 2 + rng.randint(-2, 2)))
     lead, tail = " ".join(words[:cut]), " ".join(words[cut:cut + 30])
     return {"question": f"In the text, what comes right after \"{lead}\"?", "answer": tail}
