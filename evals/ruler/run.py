@@ -1,0 +1,134 @@
+"""Resumable RULER runs: prepare data, generate predictions, score.
+
+Layout under `out`: data/<task>/<length>.jsonl (settings line + samples), preds/<length>/
+<task>.jsonl (one line per finished sample, appended and flushed, so a rerun skips them),
+results.json (lctx.ruler_results/v1).
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import logging
+import os
+from typing import Optional, Sequence
+
+from tqdm import tqdm
+
+from evals import scoring
+from evals.ruler import constants, fit, registry
+from evals.ruler.base import Options
+from evals.ruler.text import PieceCounter
+
+log = logging.getLogger("evals.ruler")
+
+RUNNERS = {  # kind -> (module, class); imported only when asked for
+    "vllm": ("evals.runners.vllm", "VLLMRunner"),
+    "openai": ("evals.runners.openai", "OpenAIRunner"),
+    "lctx": ("evals.runners.lctx", "LctxRunner"),
+}
+
+
+def make_runner(kind: str, model: str, **kwargs):
+    """Builds a runner lazily: vllm | openai | lctx, or `package.module:Class`."""
+    if ":" in kind:
+        module, cls = kind.split(":", 1)
+    elif kind in RUNNERS:
+        module, cls = RUNNERS[kind]
+    else:
+        raise ValueError(f"--runner={kind!r}: use one of {sorted(RUNNERS)} or module:Class")
+    try:
+        mod = importlib.import_module(module)
+    except ImportError:
+        mod = importlib.import_module("evals.runners")  # classes exported by the package
+    return getattr(mod, cls)(model, **kwargs)
+
+
+def _model_window(runner, max_model_len: Optional[int]) -> Optional[int]:
+    if max_model_len:
+        return max_model_len
+    for attr in ("max_model_len", "max_len", "context_length"):
+        value = getattr(runner, attr, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def load_or_prepare(task: str, length: int, num_samples: int, tokenizer, tokenizer_name: str,
+                    opts: Options, res: registry.Resources, out: str,
+                    counter: Optional[PieceCounter] = None) -> list[dict]:
+    """Samples from out/data if present with the same settings, else generated and written."""
+    path = os.path.join(out, "data", task, f"{length}.jsonl")
+    header = registry.settings(task, length, num_samples, opts, res, tokenizer_name)
+    if os.path.exists(path):
+        old, samples = registry.read_jsonl(path)
+        if old == json.loads(json.dumps(header)):
+            return samples
+        log.warning("%s: settings changed, regenerating", path)
+    samples = registry.prepare(task, length, num_samples, tokenizer, opts, res, counter)
+    registry.write_jsonl(path, header, samples)
+    return samples
+
+
+def _done(pred_path: str) -> dict[int, dict]:
+    done = {}
+    if os.path.exists(pred_path):
+        with open(pred_path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut by an interrupted run: redo that sample
+                done[row["index"]] = row
+    return done
+
+
+def run(runner, *, model: str, tokenizer, tokenizer_name: str, lengths: Sequence[int],
+        tasks: Sequence[str], num_samples: int, out: str, opts: Options = Options(),
+        res: registry.Resources = registry.Resources(), batch_size: int = 8,
+        max_model_len: Optional[int] = None, stop: Sequence[str] = ()) -> dict:
+    """Runs RULER and writes out/results.json; returns the results document."""
+    window = _model_window(runner, max_model_len)
+    if window is not None and max(lengths) > window:
+        raise ValueError(f"--lengths asks for {max(lengths)} tokens but the model's window "
+                         f"is {window}; drop lengths above {window} or extend the model")
+    counter = PieceCounter(tokenizer)
+    rows: dict[int, dict[str, list]] = {}
+    not_run: dict[str, str] = {}
+    for length in lengths:
+        for task in tasks:
+            try:
+                samples = load_or_prepare(task, length, num_samples, tokenizer, tokenizer_name,
+                                          opts, res, out, counter)
+            except registry.TaskNotRunnable as e:
+                not_run[task] = str(e)
+                log.warning("%s", e)
+                continue
+            pred_path = os.path.join(out, "preds", str(length), f"{task}.jsonl")
+            os.makedirs(os.path.dirname(pred_path), exist_ok=True)
+            done = _done(pred_path)
+            todo = [s for s in samples if s["index"] not in done]
+            ttg = constants.FAMILIES[constants.TASKS[task].family]["tokens_to_generate"]
+            with open(pred_path, "a", encoding="utf-8") as f, \
+                    tqdm(total=len(samples), initial=len(samples) - len(todo),
+                         desc=f"{task}@{length}") as bar:
+                for i in range(0, len(todo), batch_size):
+                    batch = todo[i:i + batch_size]
+                    preds = runner.generate([s["input"] for s in batch], ttg, list(stop))
+                    for s, p in zip(batch, preds):
+                        row = {"index": s["index"], "pred": p, "outputs": s["outputs"],
+                               "length": s["length"]}
+                        f.write(json.dumps(row, ensure_ascii=False) + "\n")
+                        done[s["index"]] = row
+                    f.flush()
+                    bar.update(len(batch))
+            rows.setdefault(length, {})[task] = [done[s["index"]] for s in samples]
+    settings = {"lengths": list(lengths), "tasks": list(tasks), "num_samples": num_samples,
+                "tokenizer": tokenizer_name, "options": dataclasses.asdict(opts),
+                "haystack": res.haystack_name(), "reference": "NVIDIA/RULER 2024 (230fddc)"}
+    doc = scoring.build_results(model, settings, rows, not_run)
+    scoring.write_json(os.path.join(out, "results.json"), doc)
+    return doc
+
+
+__all__ = ["make_runner", "load_or_prepare", "run", "fit"]
