@@ -1,0 +1,190 @@
+"""RULER data: benchmark facts, length targeting, fast search == the reference's loop,
+golden samples pinned byte for byte (KJV SentencePiece fixture, seed 42)."""
+import hashlib
+import json
+import random
+
+import pytest
+
+from evals.ruler import Options, Resources, TaskNotRunnable, build_task, constants, fit, prepare
+from evals.ruler.base import Rng
+from evals.ruler.niah import AdjNounWords
+from evals.ruler.registry import settings, write_jsonl
+from evals.ruler.text import PieceCounter, load_tokenizer, split_sentences
+
+
+@pytest.fixture(scope="module")
+def tok(sp_model_path):
+    return load_tokenizer(sp_model_path)
+
+
+@pytest.fixture(scope="module")
+def qa_files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("qa")
+    rng = random.Random(0)
+    words = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split()
+    para = lambda: " ".join(rng.choices(words, k=60)) + "."  # noqa: E731
+    squad = {"data": [{"paragraphs": [
+        {"context": f"City {a}{p} is the capital. " + para(),
+         "qas": [{"question": f"Which city is the capital of {a}{p}?", "is_impossible": False,
+                  "answers": [{"text": f"City {a}{p}"}, {"text": f"{a}{p}"}]},
+                 {"question": "Unanswerable?", "is_impossible": True, "answers": []}]}
+        for p in range(4)]} for a in "ABCDEFGHIJ"]}
+    hotpot = [{"question": f"Who wrote book {i}?", "answer": f"Author {i}",
+               "context": [[f"Title {i}-{j}", [para(), f" Author {i} wrote it."]]
+                           for j in range(10)]} for i in range(30)]
+    (d / "squad.json").write_text(json.dumps(squad))
+    (d / "hotpot.json").write_text(json.dumps(hotpot))
+    return Resources(squad=str(d / "squad.json"), hotpotqa=str(d / "hotpot.json"))
+
+
+def test_thirteen_tasks_with_reference_parameters():
+    assert list(constants.TASKS) == [
+        "niah_single_1", "niah_single_2", "niah_single_3", "niah_multikey_1", "niah_multikey_2",
+        "niah_multikey_3", "niah_multivalue", "niah_multiquery", "vt", "cwe", "fwe", "qa_1",
+        "qa_2"]
+    assert constants.TASKS["niah_multikey_3"].kwargs()["type_needle_k"] == "uuids"
+    assert constants.TASKS["niah_multiquery"].kwargs()["num_needle_q"] == 4
+    assert {f: v["tokens_to_generate"] for f, v in constants.FAMILIES.items()} == {
+        "niah": 128, "variable_tracking": 30, "common_words_extraction": 120,
+        "freq_words_extraction": 50, "qa": 32}
+    assert "assgined" in constants.full_template("variable_tracking", "base")
+    assert "assigned the value {query}, they" in constants.full_template(
+        "variable_tracking", "base", fix_typos=True)
+    t = constants.full_template("qa", "llama3")
+    assert t.startswith("<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nAnswer")
+    assert t.endswith("<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n Answer:")
+    assert constants.full_template("qa", "llama2").startswith("[INST] Answer the question")
+
+
+def test_bad_task_names_and_templates():
+    with pytest.raises(ValueError, match="known tasks: niah_single_1"):
+        constants.resolve_tasks("niah_single_1,nope")
+    with pytest.raises(ValueError, match="unknown chat template"):
+        constants.model_template("chatml")
+
+
+def test_adj_noun_words_equal_the_materialised_sorted_set():
+    adjs = ["big", "big-hearted", "bigger", "ad hoc", "ad", "red", "a", "b'c", "zany", "red-"]
+    nouns = ["cat", "hoc-x", "-dog", "apple", "zebra", "a b", "red"]
+    lazy = AdjNounWords(adjs, nouns)
+    full = sorted({f"{a}-{n}" for a in adjs for n in nouns})
+    assert len(lazy) == len(full) and [lazy[i] for i in range(len(lazy))] == full
+
+
+def test_split_sentences_keeps_text():
+    text = "Mr. Smith went. He said \"Hi.\" Then 3 cats came! Did they? yes. End"
+    sents = split_sentences(text)
+    assert " ".join(sents) == text and len(sents) == 5
+
+
+def test_singular_template_rewrite(tok):
+    fam = build_task("niah_single_1", 4096, Options(), Resources())
+    text, answers = fam.render(10, Rng.from_seed(1))
+    assert text.startswith("A special magic number is hidden within the following text.")
+    assert text.endswith(" The special magic number for " + text.split(" for ")[-1])
+    assert "What is the special magic number for" in text and len(answers) == 1
+    multi = build_task("niah_multivalue", 4096, Options(), Resources())
+    text, answers = multi.render(500, Rng.from_seed(1))
+    assert text.startswith("Some special magic numbers are hidden") and len(answers) == 4
+    assert all(f"is: {a}." in text for a in answers)
+
+
+@pytest.mark.parametrize("task,length", [("niah_single_1", 4096), ("niah_single_2", 4096),
+                                         ("niah_multikey_2", 8192), ("vt", 8192),
+                                         ("cwe", 8192), ("fwe", 8192), ("qa_1", 4096),
+                                         ("qa_2", 8192)])
+def test_fast_search_equals_reference_loop(tok, qa_files, task, length):
+    fam = build_task(task, length, Options(), qa_files)
+    counter = PieceCounter(tok)
+    if task == "fwe":  # its own search: same answer as the reference's on exact counts
+        assert fam.find_size(counter) == fam.find_size(PieceCounter(tok), "reference")
+        return
+    fam.find_size(counter)  # VT: builds its one-shot example first
+    probe = lambda n: fam.search_text(*fam.render(n, Rng.probe(42)))  # noqa: E731
+    ref = fit.reference_size_search(lambda n: counter.exact(probe(n)), fam.search)
+    before = counter.exact_calls
+    assert fit.fast_size_search(probe, counter, fam.search) == ref
+    assert counter.exact_calls - before <= 4
+
+
+def test_binary_search_equals_reference_binary(tok):
+    fam = build_task("niah_multikey_2", 8192, Options(search="binary"), Resources())
+    counter = PieceCounter(tok)
+    probe = lambda n: fam.search_text(*fam.render(n, Rng.probe(42)))  # noqa: E731
+    upper = fam.binary_upper(counter)
+    ref = fit.reference_binary_search(lambda n: counter.exact(probe(n)), fam.search, upper)
+    assert fit.fast_binary_search(probe, counter, fam.search, upper) == ref
+    assert ref % fam.search.incremental != 0 or ref > 0  # any size, not a multiple
+
+
+def test_reference_loop_quirks():
+    s = fit.SizeSearch(10, 100, 0)
+    assert fit.reference_size_search(lambda n: n + 5, s) == 90  # 95 < 100, 105 > 100
+    assert fit.reference_size_search(lambda n: n, s) == 110  # == max stops one step late
+    capped = fit.SizeSearch(10, 100, 0, cap=35, cap_mode="after_check")
+    assert fit.reference_size_search(lambda n: n, capped) == 35
+    grown = fit.SizeSearch(10, 100, 0, cap=35, cap_mode="after_increment")
+    assert fit.reference_size_search(lambda n: n, grown) == 35
+    for s in (fit.SizeSearch(10, 100, 0), capped, grown):
+        for f in (lambda n: n + 5, lambda n: n, lambda n: 2 * n + 1):
+            texts = lambda n: "x " * f(n)  # noqa: E731
+
+            class C:  # counts = number of 'x' pieces (estimate == exact)
+                exact_calls = 0
+                estimate = exact = staticmethod(lambda t: t.count("x"))
+            assert fit.fast_size_search(texts, C, s) == fit.reference_size_search(f, s)
+
+
+@pytest.mark.parametrize("task,length", [("niah_single_1", 4096), ("niah_single_3", 8192),
+                                         ("niah_multikey_3", 4096), ("niah_multiquery", 8192),
+                                         ("vt", 4096), ("cwe", 8192), ("fwe", 4096),
+                                         ("qa_2", 8192)])
+def test_samples_fit_the_budget_and_fill_it(tok, qa_files, task, length):
+    fam = build_task(task, length, Options(), qa_files)
+    counter = PieceCounter(tok)
+    samples = fam.samples(counter, 3)
+    inc = fam.search.incremental
+    if task == "fwe":
+        step = counter.exact(fam.text(fam.vocab(Rng.from_seed(1)), 2 * inc)[0]) - \
+            counter.exact(fam.text(fam.vocab(Rng.from_seed(1)), inc)[0])
+    else:
+        step = counter.exact(fam.render(2 * inc, Rng.from_seed(1))[0]) - \
+            counter.exact(fam.render(inc, Rng.from_seed(1))[0])
+    for s in samples:
+        true_len = len(tok.encode(s["input"])) + fam.tokens_to_generate
+        assert true_len <= length if task != "fwe" else true_len - 50 <= length
+        assert s["length"] >= length - 2 * step - 64, (s["length"], step)
+        assert s["outputs"] and all(isinstance(o, str) for o in s["outputs"])
+
+
+def test_too_small_length_and_missing_qa_files(tok):
+    with pytest.raises(fit.LengthTooSmallError, match="use a larger"):
+        prepare("niah_multikey_3", 256, 1, tok, Options(), Resources())
+    with pytest.raises(TaskNotRunnable, match="qa_1 not run: pass the squad dev file"):
+        prepare("qa_1", 4096, 1, tok, Options(), Resources())
+    with pytest.raises(TaskNotRunnable, match="does not exist"):
+        prepare("qa_2", 4096, 1, tok, Options(), Resources(hotpotqa="/nonexistent.json"))
+
+
+GOLDEN = {  # sha256 of the JSONL (settings line + 2 samples), KJV 1K SentencePiece, seed 42
+    ("cwe", 8192): "cb2380e83ab342680afa8a75d46b64a79c275a5afa96c401f73f5532cc95c015",
+    ("fwe", 4096): "d3c2e0d23030e75d004e4dccb779425f88485bcc9a49534b7ebc9846925674f3",
+    ("niah_multikey_3", 4096): "fefa7bc6b28d7e61d6adace55d6a2faeb124a38c2e7978fe2d4a5b0dd7afcaa7",
+    ("niah_multivalue", 8192): "d57f084c91b02ae40eed9987e59c62787c79a90dff6b7904adfcb0b6d4b09f18",
+    ("niah_single_1", 4096): "aea1ea5f673a0bfd46b859da64671fdf5f40f1c2e7b05a925351ea4a2fcca769",
+    ("niah_single_2", 4096): "cdbcf39c3969df4704f05dfba697303beb72e96ca5c3c037e7ccb6aa24bb02e0",
+    ("qa_1", 4096): "1fcd82232957541b09752615e7c1465238f5f2c355968c4268799100ab4d6cb3",
+    ("vt", 4096): "20611fc9f7da6da8e53c8ee45af1a5a941e5b53d949445720364d314fabc7e18",
+}
+
+
+@pytest.mark.parametrize("task,length", sorted(GOLDEN))
+def test_golden_samples(tok, qa_files, tmp_path, task, length):
+    samples = prepare(task, length, 2, tok, Options(), qa_files)
+    header = settings(task, length, 2, Options(), Resources(), "kjv1k")
+    digest = write_jsonl(str(tmp_path / "s.jsonl"), header, samples)
+    assert digest == hashlib.sha256((tmp_path / "s.jsonl").read_bytes()).hexdigest()
+    again = prepare(task, length, 2, tok, Options(), qa_files)
+    assert again == samples  # deterministic by seed
+    assert digest == GOLDEN[(task, length)], digest
