@@ -25,8 +25,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default="extractive", choices=BACKENDS)
     p.add_argument("--backend-args", default="{}",
                    help='JSON kwargs for the backend, e.g. \'{"model": "/models/qwen"}\'')
-    p.add_argument("--lengths", default="180000,350000,650000,1000000",
-                   help="comma-separated target conversation lengths in tokens")
+    p.add_argument("--lengths", default="180k,350k,650k,1m",
+                   help="comma-separated target lengths: tokens (8192) or 180k/350k/650k/1m "
+                        "(K = 1024, as configs/paper.py)")
+    p.add_argument("--names", default="",
+                   help="comma-separated output subdirectory per length ('.' = --out itself); "
+                        "default: configs/paper.py stage names (s1_180k...) or len<N>")
+    p.add_argument("--recipe", default="", help="named settings from datagen.config.RECIPES "
+                                                 "(Table 7 / Appendix E variants)")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--shard", type=int, default=0)
     p.add_argument("--num-shards", type=int, default=1)
@@ -58,15 +64,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.jsonl:
         overrides["write_jsonl"] = "true"
     try:
-        cfg = Config.from_overrides(overrides)
-        lengths = [int(x) for x in args.lengths.split(",") if x.strip()]
+        cfg = Config.from_overrides(overrides, args.recipe)
+        lengths = [pipeline.parse_length(x) for x in args.lengths.split(",") if x.strip()]
+        names = None
+        if args.names:
+            names = dict(zip(lengths, args.names.split(",")))
+            if len(names) != len(lengths):
+                raise ValueError(f"--names has {len(args.names.split(','))} entries for "
+                                 f"{len(lengths)} lengths")
         docs = list(iter_corpus(args.corpus, cfg.text_field, cfg.min_chars))
         if args.max_docs:
             docs = docs[:args.max_docs]
         backend = make_backend(args.backend, **json.loads(args.backend_args))
         manifest = pipeline.build_dataset(docs, args.tokenizer, backend, lengths, args.out,
                                           cfg, args.shard, args.num_shards,
-                                          progress=not args.no_progress)
+                                          progress=not args.no_progress, names=names)
     except (CorpusError, TokenizerError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

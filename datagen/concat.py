@@ -40,6 +40,9 @@ def assemble(banks: list[dict[str, Any]], cfg: Config, seed: int
     """
     rng = random.Random(seed)
     parts = cfg.composition.split("-")
+    if cfg.shuffle_hierarchical:  # Appendix E "without order": same QAs, walk order dropped
+        banks = [dict(b, hierarchical=rng.sample(b["hierarchical"], len(b["hierarchical"])))
+                 for b in banks]
     h_ptr = [0] * len(banks)
     unused_s = []
     for b in banks:
@@ -95,7 +98,7 @@ def assemble(banks: list[dict[str, Any]], cfg: Config, seed: int
             for j in range(i):
                 if rng.random() < cfg.revisit_p:
                     take_h("revisit_h", j, _count(cfg, cfg.n3, rng))
-    return msgs, labels, {"h_ptr": h_ptr, "unused_s": unused_s}
+    return msgs, labels, {"h_ptr": h_ptr, "unused_s": unused_s, "banks": banks}
 
 
 def build_conversation(pool: list[dict[str, Any]], counter: Counter, target: int, cfg: Config,
@@ -111,6 +114,8 @@ def build_conversation(pool: list[dict[str, Any]], counter: Counter, target: int
     best: tuple[list, list, dict, int] | None = None
     lo = target * (1 - cfg.length_tolerance)
     for d in order:
+        if cfg.max_docs and len(chosen) >= cfg.max_docs:
+            break
         trial = [pool[i] for i in chosen + [d]]
         msgs, labels, state = assemble(trial, cfg, seed)
         n = counter.messages(msgs)
@@ -125,7 +130,7 @@ def build_conversation(pool: list[dict[str, Any]], counter: Counter, target: int
         return [], [], [], 0
     msgs, labels, state, n = list(best[0]), list(best[1]), best[2], best[3]
     if cfg.fill:
-        banks = [pool[i] for i in chosen]
+        banks = state["banks"]
         cands = [("fill_s", j, k) for j in range(len(banks)) for k in state["unused_s"][j]]
         cands += [("fill_h", j, k) for j in range(len(banks))
                   for k in range(state["h_ptr"][j], len(banks[j]["hierarchical"]))]

@@ -42,6 +42,8 @@ class Config:
     composition: str = "hs-hs-hs"     # Table 7: first doc - later docs - revisits
     global_summary: bool = True       # False = Table 7 "no-sum"
     fill: bool = True                 # Algorithm 2's "process remaining questions" to fill
+    max_docs: int = 0                 # documents per conversation, 0 = as many as fit
+    shuffle_hierarchical: bool = False  # Appendix E "4 hierarchies random": order not kept
     # Lengths.
     length_tolerance: float = 0.01    # conversations land in [target*(1-tol), hard_max]
     hard_max_ratio: float = 1.0       # hard max = target * ratio (never exceeded)
@@ -67,7 +69,14 @@ class Config:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_overrides(cls, overrides: dict[str, str]) -> "Config":
+    def from_recipe(cls, name: str, **overrides: Any) -> "Config":
+        """The settings of a named paper recipe (RECIPES), plus overrides."""
+        if name not in RECIPES:
+            raise ValueError(f"recipe {name!r} is unknown; known: {sorted(RECIPES)}")
+        return cls(**{**RECIPES[name], **overrides})
+
+    @classmethod
+    def from_overrides(cls, overrides: dict[str, str], recipe: str = "") -> "Config":
         """Builds a Config from string overrides (CLI `--set key=value`), typed by field."""
         fields = {f.name: f for f in dataclasses.fields(cls)}
         kw: dict[str, Any] = {}
@@ -76,4 +85,27 @@ class Config:
                 raise ValueError(f"unknown config field {k!r}; known: {sorted(fields)}")
             typ = type(getattr(cls(), k))
             kw[k] = (v.lower() in ("1", "true", "yes")) if typ is bool else typ(v)
-        return cls(**kw)
+        return cls.from_recipe(recipe, **kw) if recipe else cls(**kw)
+
+
+# Named recipes matching configs/ablation_*.py variants. Table 7 (two documents at 180K):
+# "fixed" = 6 questions after each document and 4 follow-ups on the first document, so
+# n1 = 6, n2 = n3 = 4 and the one earlier document is always revisited (our reading of
+# Section 4.4); "randomized" draws each count from 2-10. Appendix E (one document at 100K):
+# hierarchical only (ordered, shuffled, or with 20% multi-hop) or diverse only.
+_T7 = dict(max_docs=2, n1=6, n2=4, n3=4, revisit_p=1.0, multihop_prob=0.0)
+RECIPES: dict[str, dict[str, Any]] = {
+    "paper": {},
+    "hs-hs-hs-fixed": dict(_T7, composition="hs-hs-hs"),
+    "hs-hs-hs-randomized": dict(_T7, composition="hs-hs-hs", counts="randomized"),
+    "h-h-s-fixed": dict(_T7, composition="h-h-s"),
+    "h-h-s-fixed-no-sum": dict(_T7, composition="h-h-s", global_summary=False),
+    "h-h-s-randomized": dict(_T7, composition="h-h-s", counts="randomized"),
+    "h-h-randomized": dict(_T7, composition="h-h", counts="randomized"),
+    "h-h-h-randomized": dict(_T7, composition="h-h-h", counts="randomized"),
+    "4-hierarchies": dict(max_docs=1, composition="h-h", multihop_prob=0.0),
+    "4-hierarchies-random": dict(max_docs=1, composition="h-h", multihop_prob=0.0,
+                                 shuffle_hierarchical=True),
+    "4-hierarchies-multihop": dict(max_docs=1, composition="h-h", multihop_prob=0.2),
+    "diverse": dict(max_docs=1, composition="s-s", multihop_prob=0.0),
+}

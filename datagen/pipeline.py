@@ -30,6 +30,31 @@ def shard_name(kind: str, shard: int, num_shards: int, ext: str) -> str:
     return f"{kind}-{shard:05d}-of-{num_shards:05d}.{ext}"
 
 
+# The paper's lengths (K = 1024 tokens, as configs/paper.py) and their stage directories,
+# so `--out=data/paper` is directly the `data_root` of configs/paper.py.
+PAPER_LENGTHS = {"180k": 180 * 1024, "350k": 350 * 1024, "650k": 650 * 1024, "1m": 1024 * 1024}
+STAGE_DIRS = {180 * 1024: "s1_180k", 350 * 1024: "s2_350k", 650 * 1024: "s3_650k",
+              1024 * 1024: "s4_1m"}
+
+
+def parse_length(s: str) -> int:
+    """ "180k" -> 184320, "1m" -> 1048576, "8192" -> 8192."""
+    s = s.strip().lower()
+    if s in PAPER_LENGTHS:
+        return PAPER_LENGTHS[s]
+    mult = {"k": 1024, "m": 1024 * 1024}.get(s[-1:], 1)
+    try:
+        return int(float(s[:-1] if mult > 1 else s) * mult)
+    except ValueError:
+        raise ValueError(f"length {s!r}: expected tokens (8192), or 180k / 1m") from None
+
+
+def length_dir(target: int, names: dict[int, str] | None = None) -> str:
+    if names and target in names:
+        return names[target]
+    return STAGE_DIRS.get(target, f"len{target}")
+
+
 def _atomic_json(path: str, obj: Any) -> None:
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "w") as f:
@@ -52,7 +77,8 @@ def _atomic_jsonl(path: str, rows: Sequence[Any]) -> None:
 
 def build_dataset(corpus_docs: Sequence[Document | Skip], tokenizer_path: str, backend: Any,
                   lengths: Sequence[int], out_dir: str, config: Config | None = None,
-                  shard: int = 0, num_shards: int = 1, progress: bool = True) -> dict[str, Any]:
+                  shard: int = 0, num_shards: int = 1, progress: bool = True,
+                  names: dict[int, str] | None = None) -> dict[str, Any]:
     """Builds (or resumes) this worker's shard of the dataset; returns its manifest.
 
     Args:
@@ -64,6 +90,8 @@ def build_dataset(corpus_docs: Sequence[Document | Skip], tokenizer_path: str, b
       config: settings; defaults follow the paper.
       shard, num_shards: this worker's slice of the corpus.
       progress: show progress bars.
+      names: subdirectory of out_dir per length ("." = out_dir itself); default
+        `length_dir` (the configs/paper.py stage names for the paper's lengths).
     """
     cfg = config or Config()
     if not 0 <= shard < num_shards:
@@ -97,7 +125,7 @@ def build_dataset(corpus_docs: Sequence[Document | Skip], tokenizer_path: str, b
     per_length = {}
     for target in [int(n) for n in lengths]:
         per_length[str(target)] = _write_length(banks, counter, cfg, target, out_dir, shard,
-                                                num_shards, gen, progress)
+                                                num_shards, gen, progress, names)
     manifest = {
         "schema": MANIFEST_SCHEMA, "shard": shard, "num_shards": num_shards,
         "prompt_version": prompts.PROMPT_VERSION, "generator": gen.describe(),
@@ -125,7 +153,7 @@ def build_dataset(corpus_docs: Sequence[Document | Skip], tokenizer_path: str, b
 
 def _write_length(banks: list[dict[str, Any]], counter: Counter, cfg: Config, target: int,
                   out_dir: str, shard: int, num_shards: int, gen: CachedGenerator,
-                  progress: bool) -> dict[str, Any]:
+                  progress: bool, names: dict[int, str] | None) -> dict[str, Any]:
     hard_max = int(target * cfg.hard_max_ratio)
     lo = target * (1 - cfg.length_tolerance)
     pool = [b for b in banks if counter.message("user", b["text"]) < target]
@@ -152,15 +180,17 @@ def _write_length(banks: list[dict[str, Any]], counter: Counter, cfg: Config, ta
                 "counts": cfg.counts, "global_summary": cfg.global_summary}))
         prog.advance(1, tokens=n)
     prog.close()
-    base = os.path.join(out_dir, shard_name(f"conversations-{target}", shard, num_shards, ""))
-    records.write_array_record(base + "array_record", recs)
+    rel = os.path.join(length_dir(target, names), shard_name("conversations", shard,
+                                                              num_shards, ""))
+    base = os.path.join(out_dir, rel)
+    records.write_array_record(base + "arrayrecord", recs)
     if cfg.write_jsonl:
         records.write_jsonl(base + "jsonl", recs)
     return {"conversations": len(recs), "rejected": dict(sorted(rejected.items())),
             "hard_max": hard_max, "docs_in_pool": len(pool),
             "tokens": {"total": sum(lens), "min": min(lens, default=0),
                        "max": max(lens, default=0)},
-            "file": os.path.basename(base + "array_record")}
+            "file": os.path.normpath(rel + "arrayrecord")}
 
 
 def merge(out_dir: str) -> dict[str, Any]:
