@@ -25,9 +25,9 @@ def get_config(arg=None):
         raise ValueError(f"ablation_180k variant {a.variant!r}; expected one of {VARIANTS}")
     c = paper.paper_config(1)
     c.data.recipe = a.variant  # the datagen recipe that produced data.path (provenance)
-    name, seq_len, _, theta, _ = paper.STAGES[0]
+    name, seq_len, _, _ = paper.STAGES[0]
     steps = max(1, a.docs // c.data.batch_size)
     c.stages[name] = common.stage(
-        seq_len=seq_len, steps=steps, rope_cfg=paper.stage_rope("ntk", seq_len, theta),
+        seq_len=seq_len, steps=steps, rope_cfg=paper.stage_rope("ntk", seq_len),
         data_path=f"{a.data_root}/{a.variant}/*.arrayrecord", warmup_steps=max(1, steps // 20))
     return c

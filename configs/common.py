@@ -39,15 +39,14 @@ def parse_arg(arg: str | None, **defaults):
     return out
 
 
-def rope(**kw) -> mc.ConfigDict:
-    """A RoPE config (lctx.rope registry fields); unset fields keep the model's defaults."""
-    base = dict(type="default",  # registry name: default|linear|dynamic|ntk|yarn|llama3|longrope
-                theta=10_000.0,  # base frequency theta (inv_freq_i = theta^(-2i/H))
-                factor=1.0,  # context scaling factor (linear/dynamic/yarn/llama3), unitless
-                low_freq_factor=1.0, high_freq_factor=4.0,  # llama3 blend band, unitless
-                original_max_position_embeddings=0)  # L0 in tokens (0 = model.max_seq_len)
-    base.update(kw)
-    return mc.ConfigDict(base)
+def rope(type: str = "default", theta: float = 10_000.0, **kw) -> mc.ConfigDict:  # noqa: A002
+    """A RoPE config: `lctx.rope.make_rope(type, theta=..., **kw)` fields, nothing else.
+
+    type: default | linear | ntk | dynamic | yarn | llama3 | longrope (lctx.rope registry);
+    theta: base frequency (inv_freq_i = theta^(-2i/H)); kw: the type's own fields, e.g.
+    factor (context scaling, unitless) and original_max_position_embeddings (L0, tokens).
+    """
+    return mc.ConfigDict(dict(type=type, theta=float(theta), **kw))
 
 
 def stage(*, seq_len: int, steps: int, rope_cfg: mc.ConfigDict, data_path: str = "",

@@ -8,23 +8,24 @@ Paper facts: 2000 samples of 180K tokens, 1280 of 350K, 600 of 650K, 200 of 1M (
 documents concatenated beyond 180K); lr 6e-5, 1 epoch per stage; 8-32 H100s; 650K took 30 h,
 1M a further 52.5 h. Choices of ours (the paper is silent): global batch 8 rows (one row per
 micro-batch, grad_accum 8 on a single data replica); warmup 5% of the stage's steps, cosine
-decay to 10%; Adam moments fresh each stage; RoPE theta per stage from static NTK scaling of
-Llama-3's original 8K window, theta' = 5e5 * (L / 8192)^(128/126) (REFERENCE_NOTES), with
-rope type 'default' (the llama3 frequency blend is dropped from stage 1, as in Gradient's
-1048K model). `:rope=llama3` instead keeps the llama3 type and scales its factor with length.
+decay to 10%; Adam moments fresh each stage; RoPE per stage is lctx.rope's static NTK-aware
+base change from Llama-3's original 8K window (type 'ntk', theta 5e5, factor L/8192, so
+theta' = 5e5 * (L/8192)^(128/126) = 1.18e7, 2.32e7, 4.36e7, 6.91e7 at L = 180Ki, 350Ki, 650Ki, 1Mi; REFERENCE_NOTES), which
+drops the llama3 frequency blend from stage 1 on, as Gradient's 1048K model did with plain
+theta. `:rope=llama3` instead keeps the llama3 type and scales its factor with length.
 """
 from configs import common
 
-# (stage name, T tokens, documents in the stage, default-rope theta, suggested H100 nodes)
-STAGES = (("s1_180k", 180 * 1024, 2000, 1.15e7, 1),
-          ("s2_350k", 350 * 1024, 1280, 2.27e7, 2),
-          ("s3_650k", 650 * 1024, 600, 4.25e7, 4),
-          ("s4_1m", 1024 * 1024, 200, 6.59e7, 4))
+# (stage name, T tokens, documents in the stage, suggested H100 nodes)
+STAGES = (("s1_180k", 180 * 1024, 2000, 1),
+          ("s2_350k", 350 * 1024, 1280, 2),
+          ("s3_650k", 650 * 1024, 600, 4),
+          ("s4_1m", 1024 * 1024, 200, 4))
 
 
-def stage_rope(kind: str, seq_len: int, theta: float):
+def stage_rope(kind: str, seq_len: int):
     if kind == "ntk":
-        return common.rope(type="default", theta=theta)
+        return common.rope(type="ntk", theta=500_000.0, factor=seq_len / 8192)
     if kind == "llama3":
         return common.rope(**dict(common.LLAMA31_ROPE, factor=8.0 * seq_len / 131072))
     raise ValueError(f"rope={kind!r}; expected ntk or llama3")
@@ -46,10 +47,10 @@ def paper_config(n_stages: int, arg=None):
                  clip_norm=1.0, grad_accum=a.batch, loss_chunk=8192)
     c.ckpt.update(every_steps=25, keep=2, init_from="models/Llama-3.1-8B-Instruct")
     c.log.peak_tflops = 989.0  # H100 SXM dense bf16
-    for name, seq_len, docs, theta, _ in STAGES[:n_stages]:
+    for name, seq_len, docs, _ in STAGES[:n_stages]:
         steps = max(1, docs * a.epochs // a.batch)
         c.stages[name] = common.stage(
-            seq_len=seq_len, steps=steps, rope_cfg=stage_rope(a.rope, seq_len, theta),
+            seq_len=seq_len, steps=steps, rope_cfg=stage_rope(a.rope, seq_len),
             data_path=f"{a.data_root}/{name}/*.arrayrecord",
             warmup_steps=max(1, steps // 20), carry_opt_state=False)
     return c

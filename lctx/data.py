@@ -160,8 +160,16 @@ def make_dataset(paths: list[str], render: RenderFn, *, seq_len: int, batch_size
         raise DataError(f"{n} records in {paths[:3]}... cannot be shared by "
                         f"{process_count} processes")
     stats = stats if stats is not None else Stats()
-    ds = grain.MapDataset.source(source)[process_index::process_count]
-    ds = ds.repeat(None).shuffle(seed=seed)  # shuffle after repeat: a new order each epoch
+    mine = grain.MapDataset.source(source)[process_index::process_count]
+    m = len(mine)
+
+    # Epoch e visits every record once, in a permutation seeded by (seed, e).
+    def shuffled(i: int, j: int) -> bytes:
+        perm_j = grain.experimental.index_shuffle(j, max_index=m - 1, seed=seed + i // m,
+                                                  rounds=4)
+        return mine[perm_j]
+
+    ds = grain.MapDataset.range(m).repeat(None).map_with_index(shuffled)
     ds = ds.map(_Render(render, seq_len, overlong, stats)).filter(lambda d: d is not None)
     it = ds.to_iter_dataset()
     if pack:
