@@ -10,12 +10,12 @@ import ml_collections as mc
 
 # Llama-3.1-8B-Instruct (HF config.json of meta-llama/Llama-3.1-8B-Instruct).
 LLAMA31_8B = dict(vocab_size=128256, d_model=4096, n_layers=32, n_heads=32, n_kv_heads=8,
-                  head_dim=128, d_ff=14336, norm_eps=1e-5, tie_embeddings=False)
+                  head_dim=128, mlp_dim=14336, norm_eps=1e-5, tie_embeddings=False)
 # Llama 3.1's own RoPE (rope_type llama3): theta 5e5, factor 8 over an 8K original window.
 LLAMA31_ROPE = dict(type="llama3", theta=500_000.0, factor=8.0, low_freq_factor=1.0,
                     high_freq_factor=4.0, original_max_position_embeddings=8192)
 TINY = dict(vocab_size=1024, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=16,
-            d_ff=128, norm_eps=1e-5, tie_embeddings=False)
+            mlp_dim=128, norm_eps=1e-5, tie_embeddings=False)
 
 
 def parse_arg(arg: str | None, **defaults):

@@ -17,7 +17,7 @@ def get_config(arg=None):
     a = common.parse_arg(arg, variant="full")
     c = common.base_config()
     c.model.update(vocab_size=1024, d_model=128, n_layers=4, n_heads=4, n_kv_heads=2,
-                   head_dim=32, d_ff=384)
+                   head_dim=32, mlp_dim=384)
     c.model.max_seq_len = 1024
     c.rope = common.rope(theta=10_000.0)
     c.mesh.update(data=-1, fsdp=1)  # CPU: plain data parallel over the local devices

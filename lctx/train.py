@@ -1,0 +1,90 @@
+r"""Training entry point (thin): flags, multi-host set-up, logging; the work is in trainer.py.
+
+    python3 -m lctx.train --config=configs/demo.py --workdir=runs/demo
+    python3 -m lctx.train --config=configs/1m.py:rope=llama3 --workdir=runs/1m \
+        --config.ckpt.init_from=/models/Llama-3.1-8B-Instruct --config.opt.lr=5e-5
+
+Multi-host: under SLURM (srun, one task per host) `jax.distributed.initialize()` reads the
+job from the environment; elsewhere pass --coordinator_address, --num_processes and
+--process_id. A single process needs none of them.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config file (configs/<name>.py[:arg]); override fields with "
+    "--config.<section>.<field>=value.", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, HF "
+                               "exports (default: runs/<config file name>).")
+_COORD = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 "
+                             "(multi-process runs outside SLURM).")
+_NPROC = flags.DEFINE_integer("num_processes", None, "Number of JAX processes.")
+_PID = flags.DEFINE_integer("process_id", None, "This process's index.")
+
+
+def init_distributed() -> None:
+    """Starts JAX's multi-process runtime when the job has more than one process."""
+    import jax
+    if _COORD.value or (_NPROC.value or 1) > 1:
+        if None in (_COORD.value, _NPROC.value, _PID.value):
+            raise app.UsageError("multi-process runs need --coordinator_address, "
+                                 "--num_processes and --process_id together")
+        jax.distributed.initialize(coordinator_address=_COORD.value,
+                                   num_processes=_NPROC.value, process_id=_PID.value)
+    elif int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+        jax.distributed.initialize()  # SLURM cluster detection: coordinator, ranks, devices
+
+
+def log_layout(cfg) -> None:
+    import jax
+    logging.info("process %d/%d on %s; local devices %s; global devices %d (%s)",
+                 jax.process_index(), jax.process_count(), os.uname().nodename,
+                 [str(d) for d in jax.local_devices()], jax.device_count(),
+                 jax.devices()[0].device_kind)
+    logging.info("config:\n%s", cfg)
+
+
+def write_config(cfg, workdir: str) -> None:
+    """Writes config.json into the workdir atomically (process 0)."""
+    import jax
+    if jax.process_index() != 0:
+        return
+    os.makedirs(workdir, exist_ok=True)
+    path = os.path.join(workdir, "config.json")
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(cfg.to_json_best_effort(indent=2, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def main(argv) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {argv[1:]}")
+    logging.getLogger().setLevel(logging.INFO)
+    cfg = _CONFIG.value
+    if cfg is None:
+        raise app.UsageError("--config is required, e.g. --config=configs/demo.py")
+    workdir = _WORKDIR.value or os.path.join(
+        "runs", os.path.splitext(os.path.basename(
+            config_flags.get_config_filename(flags.FLAGS["config"])))[0])
+    init_distributed()
+    log_layout(cfg)
+    write_config(cfg, workdir)
+    from lctx import trainer
+    try:
+        results = trainer.train_and_evaluate(cfg, workdir)
+    except trainer.NonFiniteLoss as e:
+        logging.error("%s", e)
+        sys.exit(3)
+    logging.info("done: %s", json.dumps(results))
+
+
+if __name__ == "__main__":
+    app.run(main)
