@@ -36,7 +36,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--shard", type=int, default=0)
     p.add_argument("--num-shards", type=int, default=1)
-    p.add_argument("--samples", type=int, help="conversations per length (all shards)")
+    p.add_argument("--samples", help="conversations per length over all shards: one number, "
+                                      "or one per length (paper: 2000,1280,600,200)")
     p.add_argument("--seed", type=int)
     p.add_argument("--jsonl", action="store_true", help="also write JSONL next to ArrayRecord")
     p.add_argument("--max-docs", type=int, help="use only the first N documents")
@@ -57,8 +58,6 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --corpus and --tokenizer are required to build", file=sys.stderr)
         return 2
     overrides = dict(kv.split("=", 1) for kv in args.set)
-    if args.samples is not None:
-        overrides["samples_per_length"] = str(args.samples)
     if args.seed is not None:
         overrides["seed"] = str(args.seed)
     if args.jsonl:
@@ -66,7 +65,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = Config.from_overrides(overrides, args.recipe)
         lengths = [pipeline.parse_length(x) for x in args.lengths.split(",") if x.strip()]
-        names = None
+        names = samples = None
+        if args.samples:
+            counts = [int(x) for x in args.samples.split(",")]
+            if len(counts) not in (1, len(lengths)):
+                raise ValueError(f"--samples has {len(counts)} entries for {len(lengths)} "
+                                 f"lengths")
+            samples = dict(zip(lengths, counts * len(lengths) if len(counts) == 1 else counts))
         if args.names:
             names = dict(zip(lengths, args.names.split(",")))
             if len(names) != len(lengths):
@@ -78,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
         backend = make_backend(args.backend, **json.loads(args.backend_args))
         manifest = pipeline.build_dataset(docs, args.tokenizer, backend, lengths, args.out,
                                           cfg, args.shard, args.num_shards,
-                                          progress=not args.no_progress, names=names)
+                                          progress=not args.no_progress, names=names,
+                                          samples=samples)
     except (CorpusError, TokenizerError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

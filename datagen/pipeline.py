@@ -78,7 +78,8 @@ def _atomic_jsonl(path: str, rows: Sequence[Any]) -> None:
 def build_dataset(corpus_docs: Sequence[Document | Skip], tokenizer_path: str, backend: Any,
                   lengths: Sequence[int], out_dir: str, config: Config | None = None,
                   shard: int = 0, num_shards: int = 1, progress: bool = True,
-                  names: dict[int, str] | None = None) -> dict[str, Any]:
+                  names: dict[int, str] | None = None,
+                  samples: dict[int, int] | None = None) -> dict[str, Any]:
     """Builds (or resumes) this worker's shard of the dataset; returns its manifest.
 
     Args:
@@ -92,6 +93,8 @@ def build_dataset(corpus_docs: Sequence[Document | Skip], tokenizer_path: str, b
       progress: show progress bars.
       names: subdirectory of out_dir per length ("." = out_dir itself); default
         `length_dir` (the configs/paper.py stage names for the paper's lengths).
+      samples: conversations per length over all shards (default config.samples_per_length;
+        the paper: 2000, 1280, 600, 200 at 180K, 350K, 650K, 1M).
     """
     cfg = config or Config()
     if not 0 <= shard < num_shards:
@@ -125,7 +128,9 @@ def build_dataset(corpus_docs: Sequence[Document | Skip], tokenizer_path: str, b
     per_length = {}
     for target in [int(n) for n in lengths]:
         per_length[str(target)] = _write_length(banks, counter, cfg, target, out_dir, shard,
-                                                num_shards, gen, progress, names)
+                                                num_shards, gen, progress, names,
+                                                (samples or {}).get(target,
+                                                                    cfg.samples_per_length))
     manifest = {
         "schema": MANIFEST_SCHEMA, "shard": shard, "num_shards": num_shards,
         "prompt_version": prompts.PROMPT_VERSION, "generator": gen.describe(),
@@ -153,11 +158,12 @@ def build_dataset(corpus_docs: Sequence[Document | Skip], tokenizer_path: str, b
 
 def _write_length(banks: list[dict[str, Any]], counter: Counter, cfg: Config, target: int,
                   out_dir: str, shard: int, num_shards: int, gen: CachedGenerator,
-                  progress: bool, names: dict[int, str] | None) -> dict[str, Any]:
+                  progress: bool, names: dict[int, str] | None, n_samples: int
+                  ) -> dict[str, Any]:
     hard_max = int(target * cfg.hard_max_ratio)
     lo = target * (1 - cfg.length_tolerance)
     pool = [b for b in banks if counter.message("user", b["text"]) < target]
-    mine = [g for g in range(cfg.samples_per_length) if g % num_shards == shard]
+    mine = [g for g in range(n_samples) if g % num_shards == shard]
     recs, rejected, lens = [], collections.Counter(), []
     prog = Progress(len(mine), f"{target}-token conversations", enabled=progress)
     for g in mine:

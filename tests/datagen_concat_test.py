@@ -121,6 +121,9 @@ def test_lengths_exact_within_one_percent(sp_model_path, small_books, tmp_path):
             assert n == r["meta"]["num_tokens"]
             assert t * 0.99 <= n <= t, (t, n)
         assert max(len(r["meta"]["docs"]) for r in recs) >= 2
+        import grain  # the training side reads the shards with grain
+        src = grain.sources.ArrayRecordDataSource([str(tmp_path / info["file"])])
+        assert len(src) == 6 and records.decode(src[0]) == recs[0]
 
 
 def test_hard_max_never_exceeded_and_short_rejected(sp_model_path, small_books):
@@ -133,3 +136,34 @@ def test_hard_max_never_exceeded_and_short_rejected(sp_model_path, small_books):
         assert n <= 6000 and n == counter.verify(msgs)
     assert concat.build_conversation(banks, counter, 10, cfg, 0)[0] == []
     assert dataclasses.replace(cfg, fill=True).fill
+
+
+def test_counts_match_lctx_chat_format(sp_model_path, small_books):
+    tokenizer = pytest.importorskip("lctx.tokenizer")
+    if not hasattr(tokenizer, "ChatFormat"):
+        pytest.skip("lctx.tokenizer.ChatFormat not landed yet")
+    counter = Counter(load(sp_model_path))
+    msgs = [{"role": "user", "content": small_books[0].text + "\n\nPlease give me a summary"},
+            {"role": "assistant", "content": "A summary."},
+            {"role": "user", "content": "Who?"}, {"role": "assistant", "content": "Ruth."}]
+    ids, _ = tokenizer.ChatFormat(tokenizer.load_tokenizer(sp_model_path)).render(msgs)
+    assert len(ids) == counter.messages(msgs)  # what training sees is what datagen counted
+
+
+@pytest.mark.parametrize("recipe", ["h-h-s-fixed", "h-h-s-fixed-no-sum", "4-hierarchies-random",
+                                    "diverse"])
+def test_recipes(recipe):
+    cfg = Config.from_recipe(recipe)
+    banks = _banks(2 if cfg.max_docs == 2 else 1)
+    msgs, labels, _ = concat.assemble(banks, cfg, 0)
+    kinds = collections.Counter(k for k, _ in labels)
+    if recipe.startswith("h-h-s-fixed"):  # 6 hierarchical per document, 4 diverse follow-ups
+        assert kinds["h"] == 12 and kinds["revisit_s"] == 4 and kinds["s"] == 0
+        assert kinds["summary"] == (0 if recipe.endswith("no-sum") else 2)
+    if recipe == "4-hierarchies-random":
+        hs = [int(m["content"].split(" h")[1]) for m in msgs[2::2]]
+        assert len(hs) == len(set(hs)) == 5 and hs != list(range(5))  # walk order dropped
+    if recipe == "diverse":
+        assert set(kinds) == {"summary", "s"}
+    with pytest.raises(ValueError, match="unknown"):
+        Config.from_recipe("nope")

@@ -81,9 +81,13 @@ def _cache_keys(out):
 
 
 def _outputs(out):
-    return {os.path.basename(p): open(p, "rb").read()
-            for p in sorted(glob.glob(os.path.join(out, "*")))
-            if os.path.isfile(p) and not os.path.basename(p).startswith("runlog")}
+    """Every output file (the call cache and timing log aside) by relative path."""
+    files = {os.path.relpath(p, out): open(p, "rb").read()
+             for p in glob.glob(os.path.join(out, "**", "*"), recursive=True)
+             if os.path.isfile(p) and not os.path.basename(p).startswith("runlog")
+             and os.sep + "cache" + os.sep not in p}
+    assert sum(f.endswith(".arrayrecord") for f in files) == 2 and len(files) >= 6, files
+    return files
 
 
 @pytest.mark.slow
