@@ -58,25 +58,36 @@ def _bad(name, value, why):
   return ValueError(f"rope field {name!r}={value!r}: {why}")
 
 
+_INTEGER_FIELDS = ("original_max_position_embeddings", "max_position_embeddings")
+
+
 @dataclasses.dataclass(frozen=True)
 class RopeConfig:
-  """Base: plain RoPE, inv_freq_i = theta^(-2i/d). Subclasses add fields and override."""
+  """Base: plain RoPE, inv_freq_i = theta^(-2i/d). Subclasses add fields and override.
+
+  Numeric fields must be finite and > 0 (integers where HF wants lengths); `required` fields
+  have no default, the others default to None meaning HF's default.
+  """
   type: ClassVar[str] = ""
+  required: ClassVar[tuple[str, ...]] = ()
   theta: float = 10000.0
 
   def __post_init__(self):
-    self._check_pos("theta")
-
-  def _check_pos(self, name, integer=False, optional=False):
-    v = getattr(self, name)
-    if v is None and optional:
-      return
-    ok = isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
-    if integer:
-      ok = ok and float(v).is_integer()
-    if not ok or not math.isfinite(v) or v <= 0:
-      kind = "a positive integer" if integer else "a finite number > 0"
-      raise _bad(name, v, f"must be {kind} (type {self.type!r})")
+    for f in dataclasses.fields(self):
+      v = getattr(self, f.name)
+      if f.name in ("short_factor", "long_factor"):
+        if not isinstance(v, (list, tuple)) or not v or not all(
+            _is_num(x) and math.isfinite(x) and x > 0 for x in v):
+          raise _bad(f.name, v, "must be a non-empty list of positive numbers, one per frequency")
+        object.__setattr__(self, f.name, tuple(float(x) for x in v))
+      elif f.name == "truncate":
+        if v is not None and not isinstance(v, bool):
+          raise _bad(f.name, v, "must be a bool or None")
+      elif v is not None or f.name in self.required:
+        integer = f.name in _INTEGER_FIELDS
+        if not _is_num(v) or not math.isfinite(v) or v <= 0 or (integer and v != int(v)):
+          kind = "a positive integer" if integer else "a finite number > 0"
+          raise _bad(f.name, v, f"must be {kind} (rope type {self.type!r})")
 
   def _dim(self, head_dim):
     if not isinstance(head_dim, (int, np.integer)) or head_dim < 2 or head_dim % 2:
@@ -99,12 +110,13 @@ class RopeConfig:
 
   def hf_fields(self) -> dict[str, Any]:
     """Type-specific HF `rope_parameters` entries (not rope_type / rope_theta); None omitted."""
-    out = {}
-    for f in dataclasses.fields(self):
-      v = getattr(self, f.name)
-      if f.name not in ("theta", "max_position_embeddings") and v is not None:
-        out[f.name] = list(v) if isinstance(v, tuple) else v
-    return out
+    return {f.name: list(v) if isinstance(v, tuple) else v for f in dataclasses.fields(self)
+            if f.name not in ("theta", "max_position_embeddings")
+            and (v := getattr(self, f.name)) is not None}
+
+
+def _is_num(v):
+  return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
 
 
 @_register
@@ -118,11 +130,8 @@ class DefaultRope(RopeConfig):
 class LinearRope(RopeConfig):
   """Position interpolation: inv_freq / factor."""
   type: ClassVar[str] = "linear"
+  required: ClassVar[tuple[str, ...]] = ("factor",)
   factor: float = None
-
-  def __post_init__(self):
-    super().__post_init__()
-    self._check_pos("factor")
 
   def inv_freq(self, head_dim, seq_len=None):
     return self._base_inv_freq(head_dim) / self.factor
@@ -133,11 +142,8 @@ class LinearRope(RopeConfig):
 class NtkRope(RopeConfig):
   """Static NTK-aware base change theta' = theta * factor^(d/(d-2)) (not an HF type)."""
   type: ClassVar[str] = "ntk"
+  required: ClassVar[tuple[str, ...]] = ("factor",)
   factor: float = None
-
-  def __post_init__(self):
-    super().__post_init__()
-    self._check_pos("factor")
 
   def effective_theta(self, head_dim):
     d = self._dim(head_dim)
@@ -152,13 +158,9 @@ class NtkRope(RopeConfig):
 class DynamicRope(RopeConfig):
   """Dynamic NTK: base grows with the current length L past max_position_embeddings (HF's L0)."""
   type: ClassVar[str] = "dynamic"
+  required: ClassVar[tuple[str, ...]] = ("factor", "max_position_embeddings")
   factor: float = None
   max_position_embeddings: int = None
-
-  def __post_init__(self):
-    super().__post_init__()
-    self._check_pos("factor")
-    self._check_pos("max_position_embeddings", integer=True)
 
   def inv_freq(self, head_dim, seq_len=None):
     d, l0 = self._dim(head_dim), self.max_position_embeddings
@@ -173,6 +175,7 @@ class DynamicRope(RopeConfig):
 class YarnRope(RopeConfig):
   """YaRN: ramp between interpolated and extrapolated frequencies, plus an attention factor."""
   type: ClassVar[str] = "yarn"
+  required: ClassVar[tuple[str, ...]] = ("factor", "original_max_position_embeddings")
   factor: float = None
   original_max_position_embeddings: int = None
   attention_factor: float | None = None
@@ -181,19 +184,6 @@ class YarnRope(RopeConfig):
   mscale: float | None = None
   mscale_all_dim: float | None = None
   truncate: bool | None = None  # HF default True: floor/ceil the correction range
-
-  def __post_init__(self):
-    super().__post_init__()
-    self._check_pos("factor")
-    self._check_pos("original_max_position_embeddings", integer=True)
-    for name in ("attention_factor", "beta_fast", "beta_slow"):
-      self._check_pos(name, optional=True)
-    for name in ("mscale", "mscale_all_dim"):
-      v = getattr(self, name)
-      if v is not None and (not isinstance(v, (int, float)) or not math.isfinite(v)):
-        raise _bad(name, v, "must be a finite number or None")
-    if self.truncate is not None and not isinstance(self.truncate, bool):
-      raise _bad("truncate", self.truncate, "must be a bool or None")
 
   def inv_freq(self, head_dim, seq_len=None):
     d, base = self._dim(head_dim), float(self.theta)
@@ -231,6 +221,8 @@ class YarnRope(RopeConfig):
 class Llama3Rope(RopeConfig):
   """Llama 3.1: low frequencies / factor, high kept, smooth blend between."""
   type: ClassVar[str] = "llama3"
+  required: ClassVar[tuple[str, ...]] = (
+      "factor", "original_max_position_embeddings", "low_freq_factor", "high_freq_factor")
   factor: float = None
   original_max_position_embeddings: int = None
   low_freq_factor: float = None
@@ -238,10 +230,6 @@ class Llama3Rope(RopeConfig):
 
   def __post_init__(self):
     super().__post_init__()
-    self._check_pos("factor")
-    self._check_pos("original_max_position_embeddings", integer=True)
-    self._check_pos("low_freq_factor")
-    self._check_pos("high_freq_factor")
     if self.high_freq_factor <= self.low_freq_factor:
       raise _bad("high_freq_factor", self.high_freq_factor,
                  f"must exceed low_freq_factor={self.low_freq_factor}")
@@ -262,23 +250,13 @@ class Llama3Rope(RopeConfig):
 class LongRope(RopeConfig):
   """LongRoPE: per-frequency divisors, long set once seq_len > original_max_position_embeddings."""
   type: ClassVar[str] = "longrope"
+  required: ClassVar[tuple[str, ...]] = (
+      "short_factor", "long_factor", "original_max_position_embeddings")
   short_factor: tuple[float, ...] = None
   long_factor: tuple[float, ...] = None
   original_max_position_embeddings: int = None
   factor: float | None = None  # HF: None -> max_position_embeddings / original (rope_from_hf does it)
   attention_factor: float | None = None
-
-  def __post_init__(self):
-    super().__post_init__()
-    for name in ("short_factor", "long_factor"):
-      v = getattr(self, name)
-      if not isinstance(v, (list, tuple)) or not v or not all(
-          isinstance(x, (int, float)) and math.isfinite(x) and x > 0 for x in v):
-        raise _bad(name, v, "must be a non-empty list of positive numbers, one per frequency")
-      object.__setattr__(self, name, tuple(float(x) for x in v))
-    self._check_pos("original_max_position_embeddings", integer=True)
-    self._check_pos("factor", optional=True)
-    self._check_pos("attention_factor", optional=True)
 
   def uses_long(self, seq_len):
     return seq_len is not None and int(seq_len) > self.original_max_position_embeddings
@@ -309,8 +287,7 @@ def make_rope(type: str, **fields) -> RopeConfig:  # noqa: A002 - `type` is the 
   extra = set(fields) - known
   if extra:
     raise ValueError(f"rope type {type!r} has no field(s) {sorted(extra)}; fields: {sorted(known)}")
-  missing = [f.name for f in dataclasses.fields(cls)
-             if f.default is None and f.name not in fields and "None" not in str(f.type)]
+  missing = [name for name in cls.required if name not in fields]
   if missing:
     raise ValueError(f"rope type {type!r} is missing required field(s) {missing}")
   return cls(**fields)
@@ -324,23 +301,25 @@ def rope_from_hf(cfg: dict) -> RopeConfig:
     raise ValueError("per-layer-type (nested) rope_parameters are not supported")
   rope_type = params.pop("rope_type", None) or params.pop("type", None) or "default"
   params.pop("type", None)
-  theta = params.pop("rope_theta", None) or cfg.get("rope_theta", 10000.0)
+  theta = params.pop("rope_theta", None) or cfg.get("rope_theta") or 10000.0
   prf = params.pop("partial_rotary_factor", cfg.get("partial_rotary_factor", 1.0))
   if prf not in (None, 1, 1.0):
     raise _bad("partial_rotary_factor", prf, "only full rotation (1.0) is supported")
   if rope_type == "default" and _NTK_KEY in cfg:
-    ntk = cfg[_NTK_KEY]
-    return make_rope("ntk", theta=ntk["theta"], factor=ntk["factor"])
+    ntk = make_rope("ntk", theta=cfg[_NTK_KEY]["theta"], factor=cfg[_NTK_KEY]["factor"])
+    head_dim = cfg.get("head_dim") or cfg.get("hidden_size", 0) // cfg.get("num_attention_heads", 1)
+    if head_dim and not math.isclose(ntk.effective_theta(head_dim), theta, rel_tol=1e-9):
+      raise _bad(_NTK_KEY, cfg[_NTK_KEY], f"stale: implies theta {ntk.effective_theta(head_dim)}, "
+                 f"config has rope_theta {theta}; drop the key or fix it")
+    return ntk
   if rope_type in ("llama3", "yarn", "longrope"):
     # HF priority: top-level original_max_position_embeddings (Phi3), then params, then max_pos.
     omp = cfg.get("original_max_position_embeddings") or params.get(
         "original_max_position_embeddings") or cfg.get("max_position_embeddings")
     params["original_max_position_embeddings"] = omp
-    if rope_type in ("yarn", "longrope") and params.get("factor") is None:
-      if rope_type == "yarn" or omp != cfg.get("max_position_embeddings"):
-        params["factor"] = cfg["max_position_embeddings"] / omp
-      else:
-        params.pop("factor", None)
+    if rope_type != "llama3" and params.get("factor") is None and omp and cfg.get(
+        "max_position_embeddings"):
+      params["factor"] = cfg["max_position_embeddings"] / omp  # HF's default factor
   if rope_type == "dynamic":
     if "max_position_embeddings" not in cfg:
       raise _bad("max_position_embeddings", None, "dynamic rope needs it in the HF config")

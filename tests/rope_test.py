@@ -242,6 +242,8 @@ def test_reads_legacy_and_v5_forms_alike():
     (lambda: R.rope_from_hf({"partial_rotary_factor": 0.5, "rope_theta": 1e4}),
      "'partial_rotary_factor'=0.5"),
     (lambda: R.rope_to_hf(R.make_rope("ntk", factor=2.0)), "needs head_dim"),
+    (lambda: R.rope_from_hf({"head_dim": 64, **R.rope_to_hf(R.make_rope("ntk", factor=2.0),
+                                                            head_dim=128)}), "stale"),
     (lambda: R.rope_to_hf(R.make_rope("default"), style="v4"), "style='v4'"),
 ])
 def test_bad_input_is_named(build, match):
