@@ -1,0 +1,67 @@
+"""launch/: sweep dry-run commands and result collection; the SLURM script and its XLA flags."""
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from launch import sweep
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_sweep_dry_run_prints_grid(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "launch.sweep", "--config=configs/demo.py:quick",
+         f"--root={tmp_path}", "--grid=opt.lr=1e-3,3e-4", "--grid=data.batch_size=4,8",
+         "--set=ckpt.keep=1", "--dry_run"], cwd=ROOT, capture_output=True, text=True, check=True)
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("[sweep")]
+    assert len(lines) == 4
+    assert "[sweep 1/4]" in lines[0] and "-m lctx.train --config=configs/demo.py:quick" in lines[0]
+    assert f"--workdir={tmp_path}/opt.lr=1e-3,data.batch_size=4" in lines[0]
+    assert "--config.opt.lr=3e-4 --config.data.batch_size=8 --config.ckpt.keep=1" in lines[3]
+    assert not list(tmp_path.iterdir())  # a dry run writes nothing
+
+
+def test_sweep_slurm_dry_run():
+    cmds = sweep.commands("configs/1m.py", "runs/s", sweep.parse_grid(["opt.lr=6e-5,3e-5"]),
+                          slurm=True, nodes=4, extra=[])
+    assert [c[2][:3] for c in cmds] == [["sbatch", "--nodes=4", "--job-name=lctx-opt.lr=6e-5"],
+                                       ["sbatch", "--nodes=4", "--job-name=lctx-opt.lr=3e-5"]]
+    assert cmds[0][2][3:6] == ["launch/slurm_train.sh", "configs/1m.py", "runs/s/opt.lr=6e-5"]
+
+
+def test_sweep_collect(tmp_path):
+    for name, loss in (("a=1", 2.5), ("a=2", 1.5)):
+        (tmp_path / name).mkdir()
+        with open(tmp_path / name / "metrics.jsonl", "w") as f:
+            f.write(json.dumps({"step": 0, "train/loss": 9.0}) + "\n")
+            f.write(json.dumps({"step": 1, "train/loss": loss}) + "\n")
+    rows = sweep.collect(str(tmp_path))
+    assert [(r["run"], r["train/loss"]) for r in rows] == [("a=1", 2.5), ("a=2", 1.5)]
+    assert len((tmp_path / "results.jsonl").read_text().splitlines()) == 2
+
+
+def test_bad_grid():
+    with pytest.raises(ValueError, match="section.field=v1,v2"):
+        sweep.parse_grid(["opt.lr"])
+
+
+def test_slurm_script_and_xla_flags_known():
+    script = open(os.path.join(ROOT, "launch/slurm_train.sh")).read()
+    assert "srun" in script and "python3 -m lctx.train" in script and "--gpus-per-node=8" in script
+    subprocess.run(["bash", "-n", os.path.join(ROOT, "launch/slurm_train.sh")], check=True)
+    env = open(os.path.join(ROOT, "launch/h100_env.sh")).read()
+    flags = re.findall(r"--(xla_[a-z0-9_]+)=", env)
+    assert len(flags) >= 5
+    # XLA aborts on unknown flags: every name must be in the installed jaxlib's flag table.
+    import jaxlib
+    libdir = os.path.dirname(jaxlib.__file__)
+    blobs = [os.path.join(d, f) for d, _, fs in os.walk(libdir) for f in fs if f.endswith(".so")]
+    found = set()
+    for b in blobs:
+        data = open(b, "rb").read()
+        found |= {f for f in flags if f.encode() in data}
+    assert set(flags) == found, f"unknown XLA flags: {set(flags) - found}"
