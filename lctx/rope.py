@@ -7,7 +7,9 @@ API (model, ring attention and HF import/export code against exactly this)::
     rope = make_rope("yarn", theta=5e5, factor=8.0, original_max_position_embeddings=8192)
     rope = rope_from_hf(config_json_dict)          # old rope_theta+rope_scaling or v5 rope_parameters
     keys = rope_to_hf(rope, style="v5")            # {"rope_parameters": {...}}; "legacy" gives
-                                                   # {"rope_theta": .., "rope_scaling": ..}
+                                                   # {"rope_theta": .., "rope_scaling": ..};
+                                                   # ntk needs head_dim=; dynamic adds
+                                                   # max_position_embeddings (HF's L0)
     rope.inv_freq(head_dim, seq_len=None)          # np.float64 [K], HF's formula in float64
     rope.attention_scaling(head_dim, seq_len=None) # float; HF multiplies cos and sin by it
     cos_BTK, sin_BTK = cos_sin(rope, positions_BT, head_dim, seq_len=None)  # float32, scaled
@@ -21,7 +23,7 @@ round-trips), dynamic (dynamic NTK), yarn, llama3, longrope. Formulas follow tra
 Sequence-length dependence (`seq_len`): `dynamic` and `longrope` change with the current length
 the way HF does, where HF uses `seq_len = max(position_ids) + 1` over the whole batch of the
 current forward call. The model must pass exactly that, `jnp.max(positions_BT) + 1` (a traced
-scalar is fine; a Python int too). `seq_len=None` gives HF's init-time values (dynamic: the plain
+scalar is fine; a Python int too; under shard_map use the global max, `lax.pmax`). `seq_len=None` gives HF's init-time values (dynamic: the plain
 base; longrope: short factors). HF's dynamic module is stateful (it keeps the longest inv_freq
 seen until the length drops below max_position_embeddings); this one is a pure function of
 `seq_len`, identical to HF for a fresh module or for lengths that only grow (KV-cache decode).
