@@ -23,8 +23,8 @@ round-trips), dynamic (dynamic NTK), yarn, llama3, longrope. Formulas follow tra
 Sequence-length dependence (`seq_len`): `dynamic` and `longrope` change with the current length
 the way HF does, where HF uses `seq_len = max(position_ids) + 1` over the whole batch of the
 current forward call. The model must pass exactly that, `jnp.max(positions_BT) + 1` (a traced
-scalar is fine; a Python int too; under shard_map use the global max, `lax.pmax`). `seq_len=None` gives HF's init-time values (dynamic: the plain
-base; longrope: short factors). HF's dynamic module is stateful (it keeps the longest inv_freq
+scalar or a Python int; under shard_map the global max via `lax.pmax`). `seq_len=None` gives
+HF's init-time values (dynamic: the plain base; longrope: short factors). HF's dynamic module is stateful (it keeps the longest inv_freq
 seen until the length drops below max_position_embeddings); this one is a pure function of
 `seq_len`, identical to HF for a fresh module or for lengths that only grow (KV-cache decode).
 With a KV cache the model passes the current total length; cached keys keep their old
