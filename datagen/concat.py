@@ -113,15 +113,18 @@ def build_conversation(pool: list[dict[str, Any]], counter: Counter, target: int
     chosen: list[int] = []
     best: tuple[list, list, dict, int] | None = None
     lo = target * (1 - cfg.length_tolerance)
+    cur = counter.bos
     for d in order:
         if cfg.max_docs and len(chosen) >= cfg.max_docs:
             break
+        if counter.message("user", pool[d]["text"]) > target - cur:
+            continue  # cheap pre-check: the document alone no longer fits
         trial = [pool[i] for i in chosen + [d]]
         msgs, labels, state = assemble(trial, cfg, seed)
         n = counter.messages(msgs)
         if n <= target:
             chosen.append(d)
-            best = (msgs, labels, state, n)
+            best, cur = (msgs, labels, state, n), n
             if n >= lo and not cfg.fill:
                 break
             if target - n < 0.5 * (target - lo):

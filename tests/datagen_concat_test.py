@@ -114,7 +114,7 @@ def test_lengths_exact_within_one_percent(sp_model_path, small_books, tmp_path):
     from datagen.tokens import render
     for t in targets:
         info = man["lengths"][str(t)]
-        assert info["conversations"] == 6, info
+        assert info["conversations"] == 6 and info["render_count_mismatches"] == 0, info
         recs = list(records.read_array_record(str(tmp_path / info["file"])))
         for r in recs:
             n = len(counter.tok.encode(render(r["messages"])))  # independent recount
