@@ -82,27 +82,33 @@ def _records_parquet(path: str, field: str) -> Iterator[tuple[str, object]]:
 
 
 def _records_hf(path: str, field: str) -> Iterator[tuple[str, object]]:
-    arrows = sorted(glob.glob(os.path.join(path, "**", "*.arrow"), recursive=True))
+    """Rows of a `datasets.save_to_disk` directory: through `datasets` when installed,
+    else straight from its Arrow IPC stream files (the format save_to_disk writes)."""
     try:
-        import datasets  # optional: only when installed
+        import datasets  # optional dependency, imported only for this format
+    except ImportError:
+        datasets = None
+    if datasets is not None:
         ds = datasets.load_from_disk(path)
         if isinstance(ds, datasets.DatasetDict):
             ds = ds[sorted(ds.keys())[0]]
-        rows = ds[field] if field in ds.column_names else None
-        if rows is None:
-            raise CorpusError(f"{path}: no column {field!r} (columns: {ds.column_names})")
-        for i, text in enumerate(rows):
+        if field not in ds.column_names:
+            raise CorpusError(f"{path}: no column {field!r} (columns: {ds.column_names}); "
+                              f"set --text-field")
+        for i, text in enumerate(ds[field]):
             yield f"{os.path.basename(path)}:{i}", text
         return
-    except ImportError:
-        pass
     import pyarrow as pa
+    arrows = sorted(glob.glob(os.path.join(path, "**", "*.arrow"), recursive=True))
+    if not arrows:
+        raise CorpusError(f"{path}: a datasets directory without .arrow files")
     n = 0
-    for a in arrows:  # save_to_disk writes Arrow IPC streams
+    for a in arrows:
         with pa.memory_map(a) as src:
             table = pa.ipc.open_stream(src).read_all()
         if field not in table.column_names:
-            raise CorpusError(f"{a}: no column {field!r} (columns: {table.column_names})")
+            raise CorpusError(f"{a}: no column {field!r} (columns: {table.column_names}); "
+                              f"set --text-field")
         for text in table.column(field).to_pylist():
             yield f"{os.path.basename(path)}:{n}", text
             n += 1

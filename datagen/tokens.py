@@ -15,6 +15,7 @@ import os
 from typing import Any, Sequence
 
 BOS = "<|begin_of_text|>"
+from lctx.tokenizer import LLAMA3_SPECIALS  # noqa: E402,F401  (re-exported for callers)
 
 
 class TokenizerError(ValueError):

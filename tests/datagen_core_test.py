@@ -214,3 +214,19 @@ def test_algorithm1_walk_statistics():
     n = sum(trans.values())
     assert abs(trans["deeper"] / n - 1 / 3) < 0.03  # the equal-thirds RandomChoice
     assert abs(hops / steps - 0.2) < 0.02           # Appendix E multi-hop rate
+
+
+def test_hf_tokenizer_json_counts_exactly(tmp_path, kjv_text):
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from datagen.tokens import LLAMA3_SPECIALS, Counter
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.train_from_iterator(kjv_text[:300_000].splitlines(), trainers.BpeTrainer(
+        vocab_size=800, special_tokens=list(LLAMA3_SPECIALS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.save(str(tmp_path / "tokenizer.json"))
+    counter = Counter(load(str(tmp_path)))
+    msgs = [{"role": "user", "content": kjv_text[:3000] + "\n\nPlease give me a summary"},
+            {"role": "assistant", "content": " A summary.\n"}, {"role": "user", "content": "Who?"},
+            {"role": "assistant", "content": "Ruth"}]
+    assert counter.verify(msgs) == counter.messages(msgs) > 600
