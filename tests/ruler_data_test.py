@@ -188,3 +188,39 @@ def test_golden_samples(tok, qa_files, tmp_path, task, length):
     again = prepare(task, length, 2, tok, Options(), qa_files)
     assert again == samples  # deterministic by seed
     assert digest == GOLDEN[(task, length)], digest
+
+
+def test_vt_one_shot_example_follows_the_reference_string_surgery(tok):
+    s = prepare("vt", 8192, 1, tok, Options(chat_template="llama3"), Resources())[0]
+    head = "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n"
+    assert s["input"].startswith(head + "Memorize and track the chain(s) of variable "
+                                        "assignment hidden in the following text. ")
+    # The example loses the model template and the word before its answer prefix ('above.'
+    # glued to the template), and its answer names are re-randomised.
+    example = s["input"][len(head):s["input"].index("\n\nMemorize and track", len(head))]
+    assert " in the text Answer: According to the chain(s) of variable assignment in the text " \
+           "above, 5 variables are assgined the value " in example
+    names = example.split("they are: ")[1].split()
+    assert len(names) == 5 and all(len(n) == 3 and f"VAR {n} " in example for n in names)
+    assert s["input"].count("<|begin_of_text|>") == 1
+    assert s["input"].endswith("<|end_header_id|>\n\n Answer: According to the chain(s) of "
+                               "variable assignment in the text above, 5 variables are "
+                               "assgined the value " + s["input"].split("assgined the value ")
+                               [-1])
+
+
+def test_fast_search_never_renders_past_the_cap():
+    for mode in ("after_check", "after_increment"):
+        s = fit.SizeSearch(10, 10_000, 0, cap=95, cap_mode=mode)
+        seen = []
+
+        def texts(n):
+            assert n <= 95, n
+            seen.append(n)
+            return "x " * n
+
+        class C:
+            exact_calls = 0
+            estimate = exact = staticmethod(lambda t: t.count("x"))
+        assert fit.fast_size_search(texts, C, s) == 95 == fit.reference_size_search(
+            lambda n: n, s)

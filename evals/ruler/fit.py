@@ -62,20 +62,34 @@ def reference_size_search(count: Callable[[int], int], s: SizeSearch,
 
 def fast_size_search(text_of: Callable[[int], str], counter, s: SizeSearch) -> int:
     """Same result as `reference_size_search(exact count of text_of)` for prompts whose token
-    count grows with size, with O(log L) estimates and ~2 exact tokenisations."""
+    count grows with size, from ~10 estimates and usually 1-2 exact tokenisations."""
     inc = s.incremental
-    k_cap = None if s.cap is None else s.cap // inc + 2
+    # The reference never looks past step cap//inc + 1; prompts are rendered at most at cap.
+    k_cap = None if s.cap is None else s.cap // inc + 1
+    size = lambda k: k * inc if s.cap is None else min(k * inc, s.cap)  # noqa: E731
 
     def grows(k: int, count) -> bool:  # the reference keeps growing past size k*inc
-        return count(text_of(k * inc)) + s.reserve < s.max_len
+        return count(text_of(size(k))) + s.reserve < s.max_len
 
-    # First k whose estimate stops the loop: gallop, then bisect.
-    lo, hi = 0, 1
-    while grows(hi, counter.estimate) and (k_cap is None or hi < k_cap):
-        lo, hi = hi, hi * 2
-        if k_cap is not None:
-            hi = min(hi, k_cap)
-    while hi - lo > 1:
+    # First k whose estimate stops the loop. Token counts grow about linearly with size, so
+    # a secant guess from two small prompts lands next to it; gallop around it, then bisect.
+    e1 = counter.estimate(text_of(inc))
+    slope = max(counter.estimate(text_of(2 * inc)) - e1, 1)
+    guess = max(1, int((s.max_len - s.reserve - e1) / slope) + 1)
+    if k_cap is not None:
+        guess = min(guess, k_cap)
+    step = 1
+    if grows(guess, counter.estimate):
+        lo, hi = guess, guess + 1
+        while (k_cap is None or hi < k_cap) and grows(hi, counter.estimate):
+            lo, step = hi, step * 2
+            hi = guess + step if k_cap is None else min(guess + step, k_cap)
+    else:
+        lo, hi = guess - 1, guess
+        while lo >= 1 and not grows(lo, counter.estimate):
+            hi, step = lo, step * 2
+            lo = max(guess - step, 0)
+    while hi - lo > 1:  # size lo*inc grows (or lo == 0), size hi*inc stops or is the cap
         mid = (lo + hi) // 2
         lo, hi = (mid, hi) if grows(mid, counter.estimate) else (lo, mid)
     k = hi
@@ -83,11 +97,19 @@ def fast_size_search(text_of: Callable[[int], str], counter, s: SizeSearch) -> i
 
     def ex(kk: int) -> int:
         if kk not in exact:
-            exact[kk] = counter.exact(text_of(kk * inc))
+            exact[kk] = counter.exact(text_of(size(kk)))
         return exact[kk]
 
-    # Confirm with exact counts: size (k-1)*inc must grow, size k*inc must stop.
-    while k > 1 and ex(k - 1) + s.reserve >= s.max_len:
+    # Confirm with exact counts: size k*inc must stop and (k-1)*inc grow. The second is
+    # taken from the estimate when it is clear of the budget by twice the error seen at k.
+    err = abs(ex(k) - counter.estimate(text_of(size(k))))
+
+    def k_minus_1_stops(kk: int) -> bool:
+        if counter.estimate(text_of(size(kk - 1))) + s.reserve + 2 * err + 8 < s.max_len:
+            return False
+        return ex(kk - 1) + s.reserve >= s.max_len
+
+    while k > 1 and k_minus_1_stops(k):
         k -= 1
     while ex(k) + s.reserve < s.max_len and (k_cap is None or k < k_cap):
         k += 1
