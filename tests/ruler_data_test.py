@@ -224,3 +224,21 @@ def test_fast_search_never_renders_past_the_cap():
             estimate = exact = staticmethod(lambda t: t.count("x"))
         assert fit.fast_size_search(texts, C, s) == 95 == fit.reference_size_search(
             lambda n: n, s)
+
+
+def test_special_strings_count_as_one_token_and_match_chatformat(tok, sp_model_path):
+    from lctx.tokenizer import ChatFormat
+    from lctx.tokenizer import load_tokenizer as lctx_load
+    assert tok.encode("<|begin_of_text|>") == [tok.ids["<|begin_of_text|>"]]
+    template = constants.full_template("niah", "chatformat")
+    user = constants.FAMILIES["niah"]["template"].format(type_needle_v="numbers",
+                                                         context="hay", query="k")
+    prefix = constants.FAMILIES["niah"]["answer_prefix"].format(type_needle_v="numbers",
+                                                                query="k")
+    text = template.format(type_needle_v="numbers", context="hay", query="k")
+    cf = ChatFormat(lctx_load(sp_model_path))
+    ours = tok.encode(text)
+    theirs = cf.render_prompt([{"role": "user", "content": user}], prefix)
+    assert [i for i in ours if i in tok.ids.values()] == \
+        [i for i in theirs if i in tok.ids.values()]
+    assert tok.decode(ours) == tok.decode(theirs) == text

@@ -62,8 +62,10 @@ CHAT_TEMPLATES = {
     "meta-llama3": ("<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n"
                     "{task_template}<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"),
 }
+# 'chatformat' = lctx.tokenizer.ChatFormat (a user turn, then the assistant header, then the
+# answer prefix as prefill), which renders exactly the reference's meta-llama3 string.
 CHAT_ALIASES = {"llama2": "meta-chat", "llama-2": "meta-chat", "llama3": "meta-llama3",
-                "llama-3": "meta-llama3"}
+                "llama-3": "meta-llama3", "chatformat": "meta-llama3"}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -46,15 +46,60 @@ class _HFJsonAdapter:
         return self._tok.decode(list(ids), skip_special_tokens=False)
 
 
+_SPECIALS = ("<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>",
+             "<|end_header_id|>", "<|eot_id|>")
+
+
+class SpecialTextTokenizer:
+    """Encodes special-token strings found in text as their single ids.
+
+    RULER's HF tokenizer (and vLLM) parse `<|begin_of_text|>` etc. inside a prompt string as
+    special tokens, while `lctx.tokenizer` deliberately keeps them plain text; counting a
+    chat-templated RULER prompt needs the former.
+    """
+
+    def __init__(self, tok):
+        self.tok = tok
+        has = getattr(tok, "has_piece", lambda p: False)
+        self.ids = {p: tok.special_id(p) for p in _SPECIALS if has(p)}
+        self._re = re.compile("(" + "|".join(map(re.escape, self.ids)) + ")") if self.ids \
+            else None
+
+    def encode(self, text: str) -> list[int]:
+        return self.encode_batch([text])[0]
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        texts = list(texts)
+        if self._re is None or not any(self._re.search(t) for t in texts):
+            return self.tok.encode_batch(texts)
+        parts = [self._re.split(t) for t in texts]
+        plain = [p for ps in parts for p in ps if p and p not in self.ids]
+        enc = iter(self.tok.encode_batch(plain) if plain else [])
+        out = []
+        for ps in parts:
+            ids: list[int] = []
+            for p in ps:
+                if p in self.ids:
+                    ids.append(self.ids[p])
+                elif p:
+                    ids.extend(next(enc))
+            out.append(ids)
+        return out
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tok.decode(ids)
+
+
 def load_tokenizer(path: str):
-    """The evaluated model's tokenizer: `encode` (no BOS added, like RULER's `text_to_tokens`),
-    `encode_batch`, `decode`. Uses `lctx.tokenizer.load_tokenizer` when it exists."""
+    """The evaluated model's tokenizer: `encode` (no BOS added, like RULER's `text_to_tokens`;
+    special-token strings count as one token), `encode_batch`, `decode`. Uses
+    `lctx.tokenizer.load_tokenizer` when it exists."""
     try:
         from lctx.tokenizer import load_tokenizer as lctx_load
     except ImportError:
         lctx_load = None
     if lctx_load is not None:
-        return lctx_load(path)
+        return SpecialTextTokenizer(lctx_load(path))
     import os
     if os.path.isdir(path):
         for name in ("tokenizer.json", "tokenizer.model"):
