@@ -1,14 +1,32 @@
 """Tokenizers (SentencePiece `.model`, HF `tokenizer.json`) behind one interface, and the
 Llama-3 chat format. JAX-free: shared with `datagen` and `evals`.
+
+    tok = load_tokenizer("path/to/model_dir")       # or a .model / tokenizer.json file
+    ids = tok.encode("plain text")                   # no BOS; "<|eot_id|>" in text stays text
+    fmt = ChatFormat(tok)
+    ids, loss_mask = fmt.render([{"role": "user", "content": "hi"},
+                                 {"role": "assistant", "content": "hello"}])
 """
 from __future__ import annotations
 
+import json
 import os
+import re
+from typing import Sequence
 
 # The Llama-3 special tokens. Tiny tokenizers trained here reserve them as atomic pieces so
 # that the chat format renders identically to Llama-3's.
 LLAMA3_SPECIALS = ("<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>",
                    "<|end_header_id|>", "<|eot_id|>")
+# Extra end-of-turn pieces some Llama-3.x tokenizers carry; counted as EOS when present.
+_EXTRA_EOS = ("<|eom_id|>",)
+_PAD_PIECES = ("<|finetune_right_pad_id|>", "<pad>", "[PAD]")
+_LOOKED_FOR = ("a SentencePiece .model file, an HF tokenizer.json, or a directory containing "
+               "tokenizer.json or tokenizer.model")
+
+
+class TokenizerError(ValueError):
+    """A tokenizer that cannot do what was asked (missing piece, missing special tokens)."""
 
 
 def train_sentencepiece(text: str, vocab_size: int, out_prefix: str) -> str:
@@ -31,3 +49,244 @@ def train_sentencepiece(text: str, vocab_size: int, out_prefix: str) -> str:
     os.replace(tmp_prefix + ".model", out_prefix + ".model")
     os.replace(tmp_prefix + ".vocab", out_prefix + ".vocab")
     return out_prefix + ".model"
+
+
+class Tokenizer:
+    """The interface shared by both backends. Subclasses fill in the `_`-prefixed hooks.
+
+    Attributes:
+      path: the file the tokenizer was read from.
+      vocab_size: number of ids (including added/special tokens).
+      bos_id: `<|begin_of_text|>` if present, else the native BOS, else None.
+      eot_id: `<|eot_id|>` if present, else the native EOS, else None.
+      eos_ids: every id that ends generation (eot, end_of_text, eom, native EOS).
+      pad_id: a native pad piece if any, else `<|end_of_text|>`/EOS, else 0 (padding is
+        always masked by segment id 0, so its value never reaches the loss).
+    """
+
+    path: str
+    vocab_size: int
+
+    def __init__(self, path: str, native: dict[str, str | None]):
+        self.path = path
+        pick = lambda *names: next((self._piece_id(n) for n in names  # noqa: E731
+                                    if n and self._piece_id(n) is not None), None)
+        self.bos_id = pick("<|begin_of_text|>", native.get("bos"))
+        self.eot_id = pick("<|eot_id|>", native.get("eos"))
+        self.eos_ids = {i for i in (pick(n) for n in ("<|eot_id|>", "<|end_of_text|>",
+                                                      *_EXTRA_EOS, native.get("eos")))
+                        if i is not None}
+        pad = pick(native.get("pad"), *_PAD_PIECES, "<|end_of_text|>", native.get("eos"))
+        self.pad_id = 0 if pad is None else pad
+
+    def _piece_id(self, piece: str) -> int | None:
+        raise NotImplementedError
+
+    def has_piece(self, piece: str) -> bool:
+        """Whether `piece` is one token of the vocabulary."""
+        return self._piece_id(piece) is not None
+
+    def special_id(self, piece: str) -> int:
+        """The id of the single token `piece` (e.g. "<|eot_id|>"); raises TokenizerError."""
+        i = self._piece_id(piece)
+        if i is None:
+            raise TokenizerError(f"tokenizer {self.path} has no token {piece!r}")
+        return i
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of plain `text`: no BOS/EOS added, special-token strings stay text."""
+        return self.encode_batch([text])[0]
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        """`encode` over many texts at once (multi-threaded in both backends)."""
+        raise NotImplementedError
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Text of `ids`; special tokens are rendered as their strings."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.path!r}, vocab_size={self.vocab_size})"
+
+
+class SentencePieceTokenizer(Tokenizer):
+    """A SentencePiece `.model` file."""
+
+    def __init__(self, path: str):
+        import sentencepiece as spm
+        self._sp = spm.SentencePieceProcessor(model_file=path)
+        self.vocab_size = self._sp.get_piece_size()
+        sp = self._sp
+        native = {"bos": sp.id_to_piece(sp.bos_id()) if sp.bos_id() >= 0 else None,
+                  "eos": sp.id_to_piece(sp.eos_id()) if sp.eos_id() >= 0 else None,
+                  "pad": sp.id_to_piece(sp.pad_id()) if sp.pad_id() >= 0 else None}
+        super().__init__(path, native)
+        # User-defined symbols are matched inside any input text; these are the ones that
+        # must not be produced from user text (control symbols never are).
+        guarded = [p for p in LLAMA3_SPECIALS + _EXTRA_EOS if self._piece_id(p) is not None]
+        self._guard = (re.compile("|".join(re.escape(p) for p in sorted(guarded, key=len,
+                                                                         reverse=True)))
+                       if guarded else None)
+
+    def _piece_id(self, piece):
+        i = self._sp.piece_to_id(piece)
+        # piece_to_id answers unk_id for an unknown piece.
+        return i if 0 <= i < self.vocab_size and self._sp.id_to_piece(i) == piece else None
+
+    def _encode_guarded(self, text: str) -> list[int]:
+        # A special string inside user text is encoded as its first char + the rest, both as
+        # plain text: it decodes back to the same string but never becomes a special id.
+        out, start = [], 0
+        for m in self._guard.finditer(text):
+            s = m.group(0)
+            for part in (text[start:m.start()], s[:1], s[1:]):
+                if part:
+                    out.extend(self._sp.encode(part))
+            start = m.end()
+        if start < len(text):
+            out.extend(self._sp.encode(text[start:]))
+        return out
+
+    def encode_batch(self, texts):
+        texts = list(texts)
+        out: list = [None] * len(texts)
+        plain = []
+        for i, t in enumerate(texts):
+            if self._guard is not None and self._guard.search(t):
+                out[i] = self._encode_guarded(t)
+            else:
+                plain.append(i)
+        if plain:
+            enc = self._sp.encode([texts[i] for i in plain], num_threads=os.cpu_count() or 1)
+            for i, ids in zip(plain, enc):
+                out[i] = list(ids)
+        return out
+
+    def decode(self, ids):
+        return self._sp.decode([int(i) for i in ids])
+
+
+class HFTokenizer(Tokenizer):
+    """An HF `tokenizer.json` (the `tokenizers` library); reads `tokenizer_config.json` beside
+    it, when present, for the native bos/eos/pad tokens."""
+
+    def __init__(self, path: str):
+        from tokenizers import Tokenizer as RustTokenizer
+        try:
+            self._tok = RustTokenizer.from_file(path)
+        except Exception as e:  # the Rust side raises a bare Exception on bad JSON
+            raise TokenizerError(f"{path} is not a readable HF tokenizer.json ({e})") from e
+        # Special-token strings in user text are encoded as ordinary text.
+        self._tok.encode_special_tokens = True
+        self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
+        super().__init__(path, _hf_native_specials(os.path.dirname(path)))
+
+    def _piece_id(self, piece):
+        return self._tok.token_to_id(piece) if piece else None
+
+    def encode_batch(self, texts):
+        encs = self._tok.encode_batch_fast(list(texts), add_special_tokens=False)
+        return [e.ids for e in encs]
+
+    def decode(self, ids):
+        return self._tok.decode([int(i) for i in ids], skip_special_tokens=False)
+
+
+def _hf_native_specials(model_dir: str) -> dict[str, str | None]:
+    cfg_path = os.path.join(model_dir, "tokenizer_config.json")
+    if not os.path.exists(cfg_path):
+        return {}
+    with open(cfg_path) as f:
+        cfg = json.load(f)
+    token = lambda v: v.get("content") if isinstance(v, dict) else v  # noqa: E731
+    return {k: token(cfg.get(f"{k}_token")) for k in ("bos", "eos", "pad")}
+
+
+def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
+    """Loads a SentencePiece `.model`, an HF `tokenizer.json`, or a model directory holding
+    either (tokenizer.json preferred).
+
+    Raises:
+      FileNotFoundError: nothing usable at `path` (the message says what was looked for).
+    """
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        for name in ("tokenizer.json", "tokenizer.model"):
+            if os.path.isfile(os.path.join(path, name)):
+                return load_tokenizer(os.path.join(path, name))
+        raise FileNotFoundError(f"no tokenizer in directory {path}: looked for "
+                                f"tokenizer.json and tokenizer.model")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no tokenizer at {path}: expected {_LOOKED_FOR}")
+    with open(path, "rb") as f:
+        head = f.read(64).lstrip()
+    if head.startswith(b"{"):
+        return HFTokenizer(path)
+    return SentencePieceTokenizer(path)
+
+
+class ChatFormat:
+    """The Llama-3 chat format, token-exact with Llama-3's chat template.
+
+    Each turn is `<|start_header_id|>{role}<|end_header_id|>\\n\\n{content.strip()}<|eot_id|>`
+    after one `<|begin_of_text|>` (the template trims content). Role, the "\\n\\n" and
+    content are tokenised as separate texts: for Llama-3's pre-tokeniser this equals
+    tokenising the whole string, and it makes training ids match what generation after
+    `render_prompt` produces for any tokenizer.
+    """
+
+    def __init__(self, tokenizer: Tokenizer):
+        missing = [p for p in LLAMA3_SPECIALS if not tokenizer.has_piece(p)]
+        if missing:
+            raise TokenizerError(
+                f"tokenizer {tokenizer.path} lacks the Llama-3 special tokens {missing} that "
+                f"the chat format needs; use a Llama-3 tokenizer or one trained with "
+                f"lctx.tokenizer.train_sentencepiece (which reserves them)")
+        self.tok = tokenizer
+        sid = tokenizer.special_id
+        self.bos, self.eot = sid("<|begin_of_text|>"), sid("<|eot_id|>")
+        self.start_header, self.end_header = sid("<|start_header_id|>"), sid("<|end_header_id|>")
+        self._nl2 = tokenizer.encode("\n\n")
+        self._role_ids = {r: tokenizer.encode(r) for r in ("system", "user", "assistant")}
+
+    def _header(self, role: str) -> list[int]:
+        if role not in self._role_ids:
+            raise TokenizerError(f"message role {role!r} is not one of {tuple(self._role_ids)}")
+        return [self.start_header, *self._role_ids[role], self.end_header, *self._nl2]
+
+    def _check(self, messages: Sequence[dict]) -> None:
+        for i, m in enumerate(messages):
+            if not isinstance(m, dict) or "role" not in m or not isinstance(m.get("content"), str):
+                raise TokenizerError(f"messages[{i}] must be {{'role': str, 'content': str}}, "
+                                     f"found {m!r:.80}")
+
+    def render(self, messages: Sequence[dict]) -> tuple[list[int], list[int]]:
+        """Token ids of a whole conversation and its loss mask.
+
+        Returns:
+          (ids, loss_mask): loss_mask is 1 exactly on assistant content tokens and their
+          closing `<|eot_id|>` (the model must learn to stop), 0 elsewhere.
+        """
+        self._check(messages)
+        contents = self.tok.encode_batch([m["content"].strip() for m in messages])
+        ids, mask = [self.bos], [0]
+        for m, c_ids in zip(messages, contents):
+            head = self._header(m["role"])
+            w = 1 if m["role"] == "assistant" else 0
+            ids += head + c_ids + [self.eot]
+            mask += [0] * len(head) + [w] * (len(c_ids) + 1)
+        return ids, mask
+
+    def render_prompt(self, messages: Sequence[dict], answer_prefix: str = "") -> list[int]:
+        """Ids for generation: the conversation, then the assistant header, then the
+        (unstripped) `answer_prefix` as an assistant prefill."""
+        ids, _ = self.render(messages) if messages else ([self.bos], None)
+        ids = ids + self._header("assistant")
+        return ids + self.tok.encode(answer_prefix) if answer_prefix else ids
+
+    def count(self, messages: Sequence[dict]) -> int:
+        """Exact number of tokens `render(messages)` produces."""
+        self._check(messages)
+        contents = self.tok.encode_batch([m["content"].strip() for m in messages])
+        return 1 + sum(len(self._header(m["role"])) + len(c) + 1
+                       for m, c in zip(messages, contents))
