@@ -105,3 +105,29 @@ def test_synthetic_tasks_fit_and_are_answerable(tok, task):
         assert score_one(task, f" {r['answer'][0]}.", r["answer"]) == 1.0
     if task == "number_string":
         assert all(len(r["answer"][0]) == 10 for r in rows)
+
+
+class EchoKeyRunner:
+    """Answers retrieval prompts by quoting the first number after 'is ' in the needle."""
+
+    def __init__(self, model):
+        self.calls = 0
+
+    def generate(self, prompts_, max_new_tokens, stop):
+        import re
+        self.calls += len(prompts_)
+        return [" " + (re.findall(r"The pass key is (\d+)\.", p) or ["none"])[0]
+                for p in prompts_]
+
+
+def test_cli_synthetic_passkey_and_not_run(sp_model_path, tmp_path, capsys):
+    from evals.infinitebench.__main__ import main
+    args = ["--model=m", "--runner=infinitebench_test:EchoKeyRunner",
+            f"--tokenizer={sp_model_path}", "--tasks=passkey,longbook_qa_eng", "--synthetic=3",
+            "--max_len=2048", f"--out={tmp_path}"]
+    assert main(args) == 0
+    doc = json.loads((tmp_path / "scores.json").read_text())
+    assert doc["scores"] == {"passkey": 100.0} and "longbook_qa_eng" in doc["not_run"]
+    assert len((tmp_path / "preds_passkey.jsonl").read_text().splitlines()) == 3
+    assert main(args) == 0  # resumed: nothing left to generate
+    assert len((tmp_path / "preds_passkey.jsonl").read_text().splitlines()) == 3

@@ -59,6 +59,10 @@ class FreqWords(Family):
         random.Random(self.opts.seed).shuffle(words)
         return self.template.format(context=" ".join(words), query=""), vocab[1:4]
 
+    def render(self, n: int, rng: Rng) -> tuple[str, list[str]]:
+        """A prompt of n words on a fresh vocabulary."""
+        return self.text(self.vocab(rng), n)
+
     def _search(self, vocab, count) -> int:
         """The reference's fwe search on one vocabulary: first N with count >= budget, minus
         one increment."""
