@@ -143,6 +143,7 @@ def build_conversation(pool: list[dict[str, Any]], counter: Counter, target: int
         for i, c in zip(h_pos, sorted(cands[i] for i in h_pos)):
             cands[i] = c
         blocked: set[int] = set()
+        added_s, spare_s = [], []  # (turn index, tokens, (j, k)) of diverse fill QAs
         for kind, j, k in cands:
             if kind == "fill_h" and j in blocked:
                 continue
@@ -150,10 +151,24 @@ def build_conversation(pool: list[dict[str, Any]], counter: Counter, target: int
             add = counter.message("user", e["question"]) + counter.message("assistant",
                                                                            e["answer"])
             if n + add <= target:
+                if kind == "fill_s":
+                    added_s.append((len(labels), add, (j, k)))
                 msgs.extend([{"role": "user", "content": e["question"]},
                              {"role": "assistant", "content": e["answer"]}])
                 labels.append([kind, j])
                 n += add
             elif kind == "fill_h":
                 blocked.add(j)  # skipping one would break this document's walk order
+            else:
+                spare_s.append((add, (j, k)))
+        if n < lo:  # one swap of a diverse fill QA for a longer unused one closes the gap
+            swaps = [(u_add - a_add, t, u) for t, a_add, _ in added_s
+                     for u_add, u in spare_s if 0 < u_add - a_add <= target - n]
+            if swaps:
+                gain, t, (j, k) = max(swaps)
+                e = banks[j]["diverse"][k]
+                msgs[2 * t:2 * t + 2] = [{"role": "user", "content": e["question"]},
+                                         {"role": "assistant", "content": e["answer"]}]
+                labels[t] = ["fill_s", j]
+                n += gain
     return msgs, labels, [pool[i]["doc_id"] for i in chosen], n

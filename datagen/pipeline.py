@@ -21,7 +21,7 @@ from datagen.cache import CachedGenerator
 from datagen.config import Config
 from datagen.corpus import Document, Skip
 from datagen.progress import Progress
-from datagen.tokens import Counter, load, render
+from datagen.tokens import Counter, load
 
 MANIFEST_SCHEMA = "datagen.manifest/v1"
 
@@ -55,8 +55,22 @@ def length_dir(target: int, names: dict[int, str] | None = None) -> str:
     return STAGE_DIRS.get(target, f"len{target}")
 
 
+def _tmp(path: str) -> str:
+    """Hidden temp name next to `path` (same pattern as lctx.records' atomic writers)."""
+    return os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp-{os.getpid()}")
+
+
+def _remove_stale_tmp(out_dir: str, shard: int, num_shards: int) -> None:
+    """Deletes temp files a killed run of this shard left behind (never another shard's)."""
+    tag = f"-{shard:05d}-of-{num_shards:05d}."
+    for root, _, files in os.walk(out_dir):
+        for f in files:
+            if f.startswith(".") and ".tmp-" in f and tag in f:
+                os.remove(os.path.join(root, f))
+
+
 def _atomic_json(path: str, obj: Any) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
+    tmp = _tmp(path)
     with open(tmp, "w") as f:
         json.dump(obj, f, indent=1, sort_keys=True, ensure_ascii=False)
         f.write("\n")
@@ -66,7 +80,7 @@ def _atomic_json(path: str, obj: Any) -> None:
 
 
 def _atomic_jsonl(path: str, rows: Sequence[Any]) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
+    tmp = _tmp(path)
     with open(tmp, "w") as f:
         for r in rows:
             f.write(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n")
@@ -103,6 +117,7 @@ def build_dataset(corpus_docs: Sequence[Document | Skip], tokenizer_path: str, b
         raise ValueError(f"--lengths={list(lengths)}: need one or more targets >= 64 tokens")
     counter = Counter(load(tokenizer_path))
     os.makedirs(out_dir, exist_ok=True)
+    _remove_stale_tmp(out_dir, shard, num_shards)
     gen = CachedGenerator(backend, os.path.join(out_dir, "cache"), worker=f"{shard:05d}")
     mine = [d for i, d in enumerate(corpus_docs) if i % num_shards == shard]
     skipped = {d.doc_id: d.reason for d in mine if isinstance(d, Skip)}
@@ -174,8 +189,8 @@ def _write_length(banks: list[dict[str, Any]], counter: Counter, cfg: Config, ta
         elif n < lo:
             rejected[f"shorter than target*(1-{cfg.length_tolerance})"] += 1
         else:
-            exact = len(counter.tok.encode(render(msgs)))  # verify the whole render once
-            if exact != n:  # a tokenizer merging across message boundaries: trust the render
+            exact = counter.exact(msgs)  # verify: render the whole conversation once
+            if exact != n:  # should never happen; the render is the truth if it does
                 mismatches += 1
             if not lo <= exact <= hard_max:
                 rejected["render outside [target*(1-tol), hard max]"] += 1

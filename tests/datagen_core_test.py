@@ -16,7 +16,7 @@ from datagen.backends.extractive import ExtractiveGenerator
 from datagen.cache import CachedGenerator
 from datagen.config import Config
 from datagen.corpus import CorpusError, Document, Skip, load_corpus
-from datagen.tokens import load
+from datagen.tokens import TokenizerError, load
 
 PAPER = "/work/shared/papers/he2025-hierarchical-synthetic-data-1m-context.txt"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -230,3 +230,8 @@ def test_hf_tokenizer_json_counts_exactly(tmp_path, kjv_text):
             {"role": "assistant", "content": " A summary.\n"}, {"role": "user", "content": "Who?"},
             {"role": "assistant", "content": "Ruth"}]
     assert counter.verify(msgs) == counter.messages(msgs) > 600
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    Tokenizer(models.BPE()).save(str(plain / "tokenizer.json"))
+    with pytest.raises(TokenizerError, match="Llama-3 special tokens"):
+        Counter(load(str(plain)))

@@ -113,6 +113,8 @@ def test_kill9_then_rerun_is_byte_identical_and_repeats_no_call(sp_model_path, t
     assert not before & set(issued)
     assert len(set(open(log).read().split())) == len(ref_calls)  # every call made, once
     assert _outputs(out) == _outputs(ref)  # byte-identical output, manifest included
+    left = [f for _, _, fs in os.walk(out) for f in fs if ".tmp-" in f]
+    assert not left, left  # temp files of killed runs are cleaned up
 
 
 class Garbage:
@@ -160,18 +162,18 @@ def test_bad_inputs_lose_nothing(sp_model_path, tmp_path):
     cfg = Config(small_tokens=384, n_hierarchical=10, n_diverse=40, samples_per_length=2)
     docs, skips = load_corpus(str(corpus))
     for shard in (0, 1):
-        man = build_dataset(docs + skips, sp_model_path, ExtractiveGenerator(), [4096],
+        man = build_dataset(docs + skips, sp_model_path, ExtractiveGenerator(), [3000],
                             str(out), cfg, shard=shard, num_shards=2, progress=False)
     merged = merge(str(out))
-    assert man["lengths"]["4096"]["rejected"] == {}, man
+    assert man["lengths"]["3000"]["rejected"] == {}, man
     assert merged["skipped_docs"]["image.png"].startswith("binary")
-    assert merged["conversations"]["4096"] == 2
+    assert merged["conversations"]["3000"] == 2
     before = {p: open(p, "rb").read() for p in glob.glob(str(out / "*"))
               if os.path.isfile(p)}
     bad = tmp_path / "bad.model"
     bad.write_bytes(b"not a sentencepiece model")
     with pytest.raises(TokenizerError, match="bad.model"):
-        build_dataset(docs, str(bad), ExtractiveGenerator(), [4096], str(out), cfg)
+        build_dataset(docs, str(bad), ExtractiveGenerator(), [3000], str(out), cfg)
     env = {**os.environ, "PYTHONPATH": ROOT}
     cli = [sys.executable, "-m", "datagen", f"--out={out}", f"--tokenizer={sp_model_path}"]
     r = subprocess.run(cli + ["--corpus=/no/such/corpus"], capture_output=True, text=True,
