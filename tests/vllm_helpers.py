@@ -173,3 +173,94 @@ def _add_unigram_prior(model, tok) -> None:
 if __name__ == "__main__":  # python tests/vllm_helpers.py OUT_DIR  (used by bench/ and demos)
     sys.path.insert(0, repo_root())
     print(build_tiny_llama(sys.argv[1]))
+
+
+class FakeOpenAIServer:
+    """OpenAI-compatible server on 127.0.0.1 (a thread) that misbehaves on request.
+
+    The prompt (last chat message, or `prompt` for /completions) picks the behaviour of the
+    first N attempts of that prompt: `#429xN`, `#500xN`, `#slowxN` (sleeps `slow_s`, past the
+    client timeout), `#garbagexN` (200 with a non-JSON body); `#400` always answers 400 and
+    `#500always` always 500. Then it answers "echo: <prompt>" (finish_reason "stop", or
+    "length" when the prompt holds `#length`). Every request body and Authorization header is
+    recorded; `max_in_flight` is the peak of concurrent requests.
+    """
+
+    def __init__(self, slow_s: float = 1.0, delay_s: float = 0.0):
+        import http.server
+        import re
+        import threading
+        self.slow_s, self.delay_s = slow_s, delay_s
+        self.bodies: list[dict] = []
+        self.auth: list[str | None] = []
+        self.attempts: dict[str, int] = {}
+        self.in_flight = self.max_in_flight = 0
+        lock = threading.Lock()
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):  # keep test output clean
+                pass
+
+            def _send(self, code: int, payload: bytes, ctype="application/json"):
+                self.send_response(code)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(payload)))
+                if code == 429:
+                    self.send_header("Retry-After", "0")
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def do_POST(self):
+                import time
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                prompt = (body["messages"][-1]["content"] if "messages" in body
+                          else body.get("prompt", ""))
+                if isinstance(prompt, list):
+                    prompt = " ".join(map(str, prompt))
+                key = self.path + "|" + prompt
+                with lock:
+                    outer.bodies.append(body)
+                    outer.auth.append(self.headers.get("Authorization"))
+                    n = outer.attempts[key] = outer.attempts.get(key, 0) + 1
+                    outer.in_flight += 1
+                    outer.max_in_flight = max(outer.max_in_flight, outer.in_flight)
+                try:
+                    time.sleep(outer.delay_s)
+                    m = re.search(r"#(429|500|slow|garbage)x(\d+)", prompt)
+                    if "#400" in prompt:
+                        return self._send(400, b'{"error": "bad request"}')
+                    if "#500always" in prompt:
+                        return self._send(500, b'{"error": "down"}')
+                    if m and n <= int(m.group(2)):
+                        kind = m.group(1)
+                        if kind == "slow":
+                            time.sleep(outer.slow_s)
+                            return self._send(200, b"{}")
+                        if kind == "garbage":
+                            return self._send(200, b"<html>oops", "text/html")
+                        return self._send(int(kind), b'{"error": "try later"}')
+                    reason = "length" if "#length" in prompt else "stop"
+                    text = f"echo: {prompt}"
+                    if "messages" in body:
+                        choice = {"index": 0, "finish_reason": reason,
+                                  "message": {"role": "assistant", "content": text}}
+                    else:
+                        choice = {"index": 0, "finish_reason": reason, "text": text}
+                    self._send(200, json.dumps({"object": "x", "choices": [choice]}).encode())
+                finally:
+                    with lock:
+                        outer.in_flight -= 1
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> "FakeOpenAIServer":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
