@@ -77,8 +77,10 @@ class Caller:
                     results[i] = out
                     self.stats["repaired"] += fixed
                     self.stats["retried_ok"] += attempt > 0
-                except jsonfix.BadOutput as e:
-                    last[i] = str(e) if c.finish_reason != "error" else f"error: {c.error}"
+                except Exception as e:  # noqa: BLE001 - any bad output fails this call only
+                    last[i] = (f"error: {c.error}" if c.finish_reason == "error" else
+                               str(e) if isinstance(e, jsonfix.BadOutput) else
+                               f"unparseable ({type(e).__name__})")
                     retry.append(i)
             pending = retry
         for i in pending:

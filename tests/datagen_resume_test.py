@@ -187,3 +187,29 @@ def test_bad_inputs_lose_nothing(sp_model_path, tmp_path):
     os.remove(out / "manifest-00001-of-00002.json")
     with pytest.raises(FileNotFoundError, match=r"shards \[1\] of 2 missing"):
         merge(str(out))
+
+
+def test_cli_recipe_build_and_merge(sp_model_path, tmp_path):
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    corpus = tmp_path / "c.jsonl"
+    docs, _ = load_corpus("kjv")
+    with open(corpus, "w") as f:
+        for d in sorted(docs, key=lambda d: len(d.text))[:6]:
+            f.write(json.dumps({"id": d.doc_id, "text": d.text}) + "\n")
+        f.write(json.dumps({"id": "tiny", "text": "Too short."}) + "\n")
+    out = tmp_path / "ds"
+    for shard in (0, 1):
+        r = subprocess.run([sys.executable, "-m", "datagen", f"--corpus={corpus}",
+                            f"--tokenizer={sp_model_path}", "--lengths=3k", "--names=.",
+                            "--samples=4", "--recipe=h-h-s-fixed", f"--out={out}",
+                            f"--shard={shard}", "--num-shards=2", "--no-progress",
+                            "--set", "small_tokens=384", "--set", "n_diverse=30"],
+                           capture_output=True, text=True, env=env, cwd=ROOT)
+        assert r.returncode == 0, r.stderr[-2000:]
+    r = subprocess.run([sys.executable, "-m", "datagen", "merge", f"--out={out}"],
+                       capture_output=True, text=True, env=env, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-2000:]
+    merged = json.loads(r.stdout)
+    assert merged["conversations"] == {"3072": 4} and "tiny" in merged["skipped_docs"]
+    assert merged["config"]["composition"] == "h-h-s" and merged["config"]["n1"] == 6
+    assert len(glob.glob(str(out / "*.arrayrecord"))) == 2  # the layout configs/ expect
