@@ -168,14 +168,14 @@ def test_too_small_length_and_missing_qa_files(tok):
 
 
 GOLDEN = {  # sha256 of the JSONL (settings line + 2 samples), KJV 1K SentencePiece, seed 42
-    ("cwe", 8192): "cb2380e83ab342680afa8a75d46b64a79c275a5afa96c401f73f5532cc95c015",
-    ("fwe", 4096): "d3c2e0d23030e75d004e4dccb779425f88485bcc9a49534b7ebc9846925674f3",
-    ("niah_multikey_3", 4096): "fefa7bc6b28d7e61d6adace55d6a2faeb124a38c2e7978fe2d4a5b0dd7afcaa7",
-    ("niah_multivalue", 8192): "d57f084c91b02ae40eed9987e59c62787c79a90dff6b7904adfcb0b6d4b09f18",
-    ("niah_single_1", 4096): "aea1ea5f673a0bfd46b859da64671fdf5f40f1c2e7b05a925351ea4a2fcca769",
-    ("niah_single_2", 4096): "cdbcf39c3969df4704f05dfba697303beb72e96ca5c3c037e7ccb6aa24bb02e0",
-    ("qa_1", 4096): "1fcd82232957541b09752615e7c1465238f5f2c355968c4268799100ab4d6cb3",
-    ("vt", 4096): "20611fc9f7da6da8e53c8ee45af1a5a941e5b53d949445720364d314fabc7e18",
+    ("cwe", 8192): "0f6232bcf1819ab697ae4a54285a5cca09ba54a842012ab2c2063dcc2728e494",
+    ("fwe", 4096): "1a85a95d45ab2da7674992d8a73e52862869e3f203b35617c55699ad6da71d55",
+    ("niah_multikey_3", 4096): "fe75a1492985bb68c685ac966f4c51fef0797ef2f59b1e290d6002373b86042c",
+    ("niah_multivalue", 8192): "15b5d0b5f2a761ef1ef78e05f6d8d27fc29c0a403beddcf96276b117a0abd640",
+    ("niah_single_1", 4096): "bae224b33c192dd8ba1d31874921184244c139a49900dcb587bbc62d713d2796",
+    ("niah_single_2", 4096): "aba81407de1f402d5aeb409290de559e5ca085ffd8c58adac62eaf6e0c64c210",
+    ("qa_1", 4096): "c6f774c08b56334170de993b9e00e08a511c2c298e0daab82b5306d7ce1dc84c",
+    ("vt", 4096): "dd0c59dc1dbaa2e8cf207f140470f721826e1a28cf3dfb502432d2e272e7701a",
 }
 
 
@@ -242,3 +242,10 @@ def test_special_strings_count_as_one_token_and_match_chatformat(tok, sp_model_p
     assert [i for i in ours if i in tok.ids.values()] == \
         [i for i in theirs if i in tok.ids.values()]
     assert tok.decode(ours) == tok.decode(theirs) == text
+
+
+def test_remove_newline_tab_option(tok):
+    s = prepare("niah_single_1", 4096, 1, tok, Options(remove_newline_tab=True), Resources())[0]
+    plain = prepare("niah_single_1", 4096, 1, tok, Options(), Resources())[0]
+    assert "\n" not in s["input"] and "\n" in plain["input"]
+    assert s["input"] == " ".join(plain["input"].split()) and s["length"] == plain["length"]

@@ -34,6 +34,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--repeat_haystack", action="store_true")
     p.add_argument("--fix_typos", action="store_true")
     p.add_argument("--reserve_generation", action="store_true")
+    p.add_argument("--remove_newline_tab", action="store_true")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--essay_json", default=None, help="PaulGrahamEssays.json ({'text': ...})")
     p.add_argument("--corpus", default=None, help="any text file as the essay haystack")
@@ -65,7 +66,8 @@ def main(argv=None) -> int:
     from evals.ruler.text import load_tokenizer
     opts = Options(chat_template=args.chat_template, search=args.search,
                    repeat_haystack=args.repeat_haystack, fix_typos=args.fix_typos,
-                   reserve_generation=args.reserve_generation, seed=args.seed)
+                   reserve_generation=args.reserve_generation,
+                   remove_newline_tab=args.remove_newline_tab, seed=args.seed)
     res = Resources(args.essay_json, args.corpus, args.squad, args.hotpotqa)
     tokenizer = load_tokenizer(args.tokenizer)
     runner = make_runner(args.runner, args.model)

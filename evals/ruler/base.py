@@ -39,6 +39,8 @@ class Options:
       fix_typos: the 2025 spelling of the VT answer prefix ('assigned').
       reserve_generation: count tokens_to_generate in fwe's budget too (2025 fix; the 2024 fwe
         fills the prompt itself up to the target length).
+      remove_newline_tab: collapse newlines/tabs/space runs in each finished prompt
+        (the reference's --remove_newline_tab; the recorded length stays the original's).
       seed: RULER's random_seed (42).
     """
     chat_template: str = "base"
@@ -46,6 +48,7 @@ class Options:
     repeat_haystack: bool = False
     fix_typos: bool = False
     reserve_generation: bool = False
+    remove_newline_tab: bool = False
     seed: int = 42
 
     def __post_init__(self):
@@ -107,7 +110,7 @@ class Family:
             text, answers, length, used = fit.draw_sample(
                 lambda u: self.render_sample(u, rng, index), counter.exact, size, self.search,
                 self.name)
-            text = self.finish_sample(text, rng)
+            text = flatten(self.finish_sample(text, rng), self.opts)
             out.append({"index": index, "input": text, "outputs": answers, "length": length,
                         "size": used})
         return out
@@ -121,6 +124,12 @@ class Family:
 
     def finish_sample(self, text: str, rng: Rng) -> str:
         return text
+
+
+def flatten(text: str, opts: Options) -> str:
+    if not opts.remove_newline_tab:
+        return text
+    return " ".join(text.replace("\n", " ").replace("\t", " ").strip().split())
 
 
 def cap_or_none(opts: Optional[Options], cap: int) -> Optional[int]:

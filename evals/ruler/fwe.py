@@ -15,7 +15,7 @@ import string
 import numpy as np
 
 from evals.ruler import constants, fit
-from evals.ruler.base import Family, Options, Rng
+from evals.ruler.base import Family, Options, Rng, flatten
 
 
 def zeta(alpha: float, terms: int = 1_000_000) -> float:
@@ -100,6 +100,6 @@ class FreqWords(Family):
                     raise fit.LengthTooSmallError(
                         f"task {self.name}: target length {self.max_len} is too small")
                 text, ans = self.text(vocab, used)
-            out.append({"index": index, "input": text, "outputs": ans,
+            out.append({"index": index, "input": flatten(text, self.opts), "outputs": ans,
                         "length": length + self.tokens_to_generate, "size": used})
         return out
