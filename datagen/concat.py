@@ -26,6 +26,18 @@ from datagen.config import Config
 from datagen.tokens import Counter
 
 
+def doc_turn(bank: dict[str, Any]) -> str:
+    """The user turn that presents a document (Appendix C): text + the summary request.
+
+    Memoised on the bank: the same string object every time, so its hash (the token-count
+    memo key) is computed once, not once per candidate conversation.
+    """
+    turn = bank.get("_doc_turn")
+    if turn is None:
+        turn = bank["_doc_turn"] = bank["text"] + "\n\n" + prompts.GLOBAL_SUMMARY_REQUEST
+    return turn
+
+
 def _count(cfg: Config, fixed: int, rng: random.Random) -> int:
     return fixed if cfg.counts == "fixed" else rng.randint(cfg.rand_min, cfg.rand_max)
 
@@ -69,8 +81,7 @@ def assemble(banks: list[dict[str, Any]], cfg: Config, seed: int
 
     for i, b in enumerate(banks):
         if cfg.global_summary:
-            msgs.extend([{"role": "user", "content": b["text"] + "\n\n" +
-                          prompts.GLOBAL_SUMMARY_REQUEST},
+            msgs.extend([{"role": "user", "content": doc_turn(b)},
                          {"role": "assistant", "content": b["global_summary"]}])
             labels.append(["summary", i])
         else:
@@ -117,7 +128,7 @@ def build_conversation(pool: list[dict[str, Any]], counter: Counter, target: int
     for d in order:
         if cfg.max_docs and len(chosen) >= cfg.max_docs:
             break
-        if counter.message("user", pool[d]["text"]) > target - cur:
+        if counter.message("user", doc_turn(pool[d])) > target - cur:
             continue  # cheap pre-check: the document alone no longer fits
         trial = [pool[i] for i in chosen + [d]]
         msgs, labels, state = assemble(trial, cfg, seed)

@@ -177,7 +177,7 @@ def _write_length(banks: list[dict[str, Any]], counter: Counter, cfg: Config, ta
                   ) -> dict[str, Any]:
     hard_max = int(target * cfg.hard_max_ratio)
     lo = target * (1 - cfg.length_tolerance)
-    pool = [b for b in banks if counter.message("user", b["text"]) < target]
+    pool = [b for b in banks if counter.message("user", concat.doc_turn(b)) < target]
     mine = [g for g in range(n_samples) if g % num_shards == shard]
     recs, rejected, lens, mismatches = [], collections.Counter(), [], 0
     prog = Progress(len(mine), f"{target}-token conversations", enabled=progress)
