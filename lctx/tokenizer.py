@@ -18,6 +18,16 @@ from typing import Sequence
 # that the chat format renders identically to Llama-3's.
 LLAMA3_SPECIALS = ("<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>",
                    "<|end_header_id|>", "<|eot_id|>")
+# Meta-Llama-3-8B-Instruct's chat template (its tokenizer_config.json): BOS before the first
+# turn, content trimmed, no date header. `ChatFormat` reproduces it token for token; exports
+# write it so HF/vLLM render prompts the same way.
+LLAMA3_CHAT_TEMPLATE = (
+    "{% set loop_messages = messages %}{% for message in loop_messages %}"
+    "{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n'"
+    "+ message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}"
+    "{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}"
+    "{% endif %}")
 # Extra end-of-turn pieces some Llama-3.x tokenizers carry; counted as EOS when present.
 _EXTRA_EOS = ("<|eom_id|>",)
 _PAD_PIECES = ("<|finetune_right_pad_id|>", "<pad>", "[PAD]")

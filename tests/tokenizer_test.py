@@ -6,22 +6,12 @@ import sys
 
 import pytest
 
-from lctx.tokenizer import (LLAMA3_SPECIALS, ChatFormat, HFTokenizer, SentencePieceTokenizer,
+from lctx.tokenizer import (LLAMA3_CHAT_TEMPLATE, LLAMA3_SPECIALS, ChatFormat, HFTokenizer, SentencePieceTokenizer,
                             TokenizerError, load_tokenizer)
 
 # Llama-3's pre-tokeniser split (tiktoken cl100k-style pattern used by Meta's tokenizer.json).
 LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}"
                 r"\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
-# Meta-Llama-3-8B-Instruct's chat template (tokenizer_config.json): no date header, content
-# trimmed, BOS before the first turn.
-LLAMA3_CHAT_TEMPLATE = (
-    "{% set loop_messages = messages %}{% for message in loop_messages %}"
-    "{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n'"
-    "+ message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}"
-    "{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}"
-    "{% endif %}")
-
 CONVERSATIONS = [
     [{"role": "user", "content": "Who begat Enos?"},
      {"role": "assistant", "content": "Seth begat Enos."}],
