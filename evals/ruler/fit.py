@@ -68,44 +68,57 @@ def fast_size_search(text_of: Callable[[int], str], counter, s: SizeSearch) -> i
     k_cap = None if s.cap is None else s.cap // inc + 1
     size = lambda k: k * inc if s.cap is None else min(k * inc, s.cap)  # noqa: E731
 
-    def grows(k: int, count) -> bool:  # the reference keeps growing past size k*inc
-        return count(text_of(size(k))) + s.reserve < s.max_len
+    texts: dict[int, str] = {}
+    est: dict[int, int] = {}
+    exact: dict[int, int] = {}
+
+    def text(k: int) -> str:
+        if k not in texts:
+            if len(texts) > 4:  # keep memory bounded at 1M-token prompts
+                texts.pop(next(iter(texts)))
+            texts[k] = text_of(size(k))
+        return texts[k]
+
+    def e(k: int) -> int:
+        if k not in est:
+            est[k] = counter.estimate(text(k))
+        return est[k]
+
+    def ex(k: int) -> int:
+        if k not in exact:
+            exact[k] = counter.exact(text(k))
+        return exact[k]
+
+    def grows(k: int) -> bool:  # the reference keeps growing past size k*inc
+        return e(k) + s.reserve < s.max_len
 
     # First k whose estimate stops the loop. Token counts grow about linearly with size, so
     # a secant guess from two small prompts lands next to it; gallop around it, then bisect.
-    e1 = counter.estimate(text_of(inc))
-    slope = max(counter.estimate(text_of(2 * inc)) - e1, 1)
-    guess = max(1, int((s.max_len - s.reserve - e1) / slope) + 1)
+    guess = max(1, int((s.max_len - s.reserve - e(1)) / max(e(2) - e(1), 1)) + 1)
     if k_cap is not None:
         guess = min(guess, k_cap)
     step = 1
-    if grows(guess, counter.estimate):
+    if grows(guess):
         lo, hi = guess, guess + 1
-        while (k_cap is None or hi < k_cap) and grows(hi, counter.estimate):
+        while (k_cap is None or hi < k_cap) and grows(hi):
             lo, step = hi, step * 2
             hi = guess + step if k_cap is None else min(guess + step, k_cap)
     else:
         lo, hi = guess - 1, guess
-        while lo >= 1 and not grows(lo, counter.estimate):
+        while lo >= 1 and not grows(lo):
             hi, step = lo, step * 2
             lo = max(guess - step, 0)
     while hi - lo > 1:  # size lo*inc grows (or lo == 0), size hi*inc stops or is the cap
         mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if grows(mid, counter.estimate) else (lo, mid)
+        lo, hi = (mid, hi) if grows(mid) else (lo, mid)
     k = hi
-    exact: dict[int, int] = {}
-
-    def ex(kk: int) -> int:
-        if kk not in exact:
-            exact[kk] = counter.exact(text_of(size(kk)))
-        return exact[kk]
 
     # Confirm with exact counts: size k*inc must stop and (k-1)*inc grow. The second is
     # taken from the estimate when it is clear of the budget by twice the error seen at k.
-    err = abs(ex(k) - counter.estimate(text_of(size(k))))
+    err = abs(ex(k) - e(k))
 
     def k_minus_1_stops(kk: int) -> bool:
-        if counter.estimate(text_of(size(kk - 1))) + s.reserve + 2 * err + 8 < s.max_len:
+        if e(kk - 1) + s.reserve + 2 * err + 8 < s.max_len:
             return False
         return ex(kk - 1) + s.reserve >= s.max_len
 

@@ -139,11 +139,11 @@ class PieceCounter:
     def estimate(self, text: str) -> int:
         pieces = self.pieces(text)
         cache = self.cache
-        missing = list({p for p in pieces if p not in cache})
+        missing = list(set(pieces).difference(cache))
         if missing:
             for p, ids in zip(missing, _encode_batch(self.tok, missing)):
                 cache[p] = len(ids)
-        return sum(cache[p] for p in pieces)
+        return sum(map(cache.__getitem__, pieces))
 
     def exact(self, text: str) -> int:
         self.exact_calls += 1
@@ -174,23 +174,17 @@ def load_essay_words(essay_json: str | None = None, corpus_path: str | None = No
 # nltk's punkt model cannot be downloaded offline; this splitter cuts after ., ! or ? (and
 # closing quotes/brackets) before a capital letter, digit or opening quote. It only decides
 # the sentence boundaries where needles may go (the text itself is unchanged).
-_SENT_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[\"'(\[]?[A-Z0-9])")
-_ABBREV = re.compile(r"\b(?:Mr|Mrs|Ms|Dr|Prof|Sr|Jr|St|vs|etc|e\.g|i\.e|Inc|Ltd|Co)\.$")
+_ABBREVS = ("Mr", "Mrs", "Ms", "Dr", "Prof", "Sr", "Jr", "St", "vs", "etc", "e.g", "i.e", "Inc",
+            "Ltd", "Co")
+_SENT_END = re.compile(r"(?<=[.!?])" + "".join(rf"(?<!\b{re.escape(a)}\.)" for a in _ABBREVS)
+                       + r"([\"')\]]*)\s+(?=[\"'(\[]?[A-Z0-9])")
 
 
 def split_sentences(text: str) -> list[str]:
     """Sentences of `text` (stripped) such that ' '.join(result) == text for 1-space text."""
-    out, start = [], 0
-    for m in _SENT_END.finditer(text):
-        if _ABBREV.search(text[max(start, m.start() - 8):m.start()]):
-            continue
-        end = m.start() + len(m.group().rstrip())
-        out.append(text[start:end].strip())
-        start = m.end()
-    tail = text[start:].strip()
-    if tail:
-        out.append(tail)
-    return [s for s in out if s]
+    parts = _SENT_END.split(text)  # sentence, closing quotes, sentence, ...
+    sents = [parts[i] + parts[i + 1] for i in range(0, len(parts) - 1, 2)] + [parts[-1]]
+    return [x for x in (p.strip() for p in sents) if x]
 
 
 def wonderwords_lists() -> tuple[list[str], list[str], list[str]]:
