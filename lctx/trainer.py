@@ -335,7 +335,8 @@ def train_and_evaluate(cfg, workdir: str) -> dict[str, Any]:
             raise ValueError(f"stages.{name}.seq_len={cfg.stages[name].seq_len} exceeds "
                              f"model.max_seq_len={cfg.model.max_seq_len}; raise the model "
                              "maximum or shorten the stage")
-    mesh = sharding.make_mesh(cfg.mesh)
+    # Slowest-varying first: context (ring) and tensor innermost, on the fastest links.
+    mesh = sharding.make_mesh([(a, cfg.mesh[a]) for a in ("data", "fsdp", "context", "tensor")])
     logging.info("mesh: %s", dict(mesh.shape))
     writer = MetricWriter(workdir, cfg.log.every_steps, cfg.log.peak_tflops, cfg.log.progress)
     found = ckpt_lib.find_resume(os.path.join(workdir, "ckpt"), stages)
