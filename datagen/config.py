@@ -91,9 +91,10 @@ class Config:
 # Named recipes matching configs/ablation_*.py variants. Table 7 (two documents at 180K):
 # "fixed" = 6 questions after each document and 4 follow-ups on the first document, so
 # n1 = 6, n2 = n3 = 4 and the one earlier document is always revisited (our reading of
-# Section 4.4); "randomized" draws each count from 2-10. Appendix E (one document at 100K):
+# Section 4.4); "randomized" draws each count from 2-10. Table 7 recipes share the paper's
+# QA banks (same calls, same cache), only the concatenation differs. Appendix E (one document at 100K):
 # hierarchical only (ordered, shuffled, or with 20% multi-hop) or diverse only.
-_T7 = dict(max_docs=2, n1=6, n2=4, n3=4, revisit_p=1.0, multihop_prob=0.0)
+_T7 = dict(max_docs=2, n1=6, n2=4, n3=4, revisit_p=1.0)
 RECIPES: dict[str, dict[str, Any]] = {
     "paper": {},
     "hs-hs-hs-fixed": dict(_T7, composition="hs-hs-hs"),

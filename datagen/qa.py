@@ -89,10 +89,15 @@ class Caller:
         return results
 
 
-def plan_walk(chunks: Chunks, n: int, multihop_prob: float, rng: random.Random
-              ) -> list[tuple[str, tuple[int, ...]]]:
+def plan_walk(chunks: Chunks, n: int, multihop_prob: float, rng: random.Random,
+              hop_rng: random.Random | None = None) -> list[tuple[str, tuple[int, ...]]]:
     """Algorithm 1's SelectContext walk: [("general", (medium,)) | ("specific", (small,)) |
-    ("multi_hop", smalls)], in conversation order."""
+    ("multi_hop", smalls)], in conversation order.
+
+    Multi-hop draws come from their own `hop_rng`, so the walk (and its cached calls) is the
+    same with or without multi-hop: Appendix E's variants differ only by the multi-hop QAs.
+    """
+    hop_rng = hop_rng or rng
     n_med, n_small = len(chunks.medium), len(chunks.small)
     plan: list[tuple[str, tuple[int, ...]]] = []
     m, s = rng.randrange(n_med), None
@@ -113,9 +118,9 @@ def plan_walk(chunks: Chunks, n: int, multihop_prob: float, rng: random.Random
             else:  # next medium (also when the current medium has no next small chunk)
                 m, s = (m + 1) % n_med, None
                 plan.append(("general", (m,)))
-        if n_small >= 2 and rng.random() < multihop_prob:
-            k = rng.randint(2, min(4, n_small))
-            plan.append(("multi_hop", tuple(sorted(rng.sample(range(n_small), k)))))
+        if n_small >= 2 and hop_rng.random() < multihop_prob:
+            k = hop_rng.randint(2, min(4, n_small))
+            plan.append(("multi_hop", tuple(sorted(hop_rng.sample(range(n_small), k)))))
     return plan
 
 
@@ -162,8 +167,16 @@ def build_banks(docs: list[tuple[str, str, Chunks]], caller: Caller, cfg: Config
         doc_id, _, ch = docs[d]
         rng = random.Random(stable_seed(cfg.seed, doc_id, "walk"))
         jobs = []
-        for step, (kind, idx) in enumerate(plan_walk(ch, cfg.n_hierarchical,
-                                                     cfg.multihop_prob, rng)):
+        hop_rng = random.Random(stable_seed(cfg.seed, doc_id, "multi_hop"))
+        plan = plan_walk(ch, cfg.n_hierarchical, cfg.multihop_prob, rng, hop_rng)
+        walk_step = hop_step = 0
+        for kind, idx in plan:
+            # Seeds count walk and multi-hop steps apart, so adding multi-hop QAs leaves
+            # every walk request (and its cache entry) unchanged.
+            if kind == "multi_hop":
+                step, hop_step = f"m{hop_step}", hop_step + 1
+            else:
+                step, walk_step = walk_step, walk_step + 1
             if kind == "general":
                 if not medium[d][idx[0]]:
                     continue

@@ -235,3 +235,26 @@ def test_hf_tokenizer_json_counts_exactly(tmp_path, kjv_text):
     Tokenizer(models.BPE()).save(str(plain / "tokenizer.json"))
     with pytest.raises(TokenizerError, match="Llama-3 special tokens"):
         Counter(load(str(plain)))
+
+
+def test_multihop_variants_share_every_walk_call(sp_model_path, kjv_text):
+    tok = load(sp_model_path)
+    ch = chunking.split(kjv_text[:30_000], tok, small_tokens=512)
+
+    class Recording(ExtractiveGenerator):
+        def __init__(self):
+            self.keys = set()
+
+        def generate(self, reqs):
+            self.keys |= {r.cache_key(self.model) for r in reqs}
+            return super().generate(reqs)
+
+    keys = {}
+    for p in (0.0, 0.2):
+        gen = Recording()
+        bank = qa.build_banks([("doc", "text", ch)], qa.Caller(gen, Config(multihop_prob=p)),
+                              Config(multihop_prob=p))[0]
+        keys[p] = gen.keys
+        hops = [e for e in bank["hierarchical"] if e["kind"] == "multi_hop"]
+        assert (len(hops) > 0) == (p > 0)
+    assert keys[0.0] < keys[0.2]  # Appendix E variants: same walk QAs, multi-hop added
