@@ -155,10 +155,15 @@ def build_banks(docs: list[tuple[str, str, Chunks]], caller: Caller, cfg: Config
         ch = docs[d][2]
         return [" ".join(small[d][i] for i in grp if small[d][i]) for grp in ch.medium]
     med_in = [medium_inputs(d) for d in range(len(docs))]
-    medium = staged(lambda d: _summary_jobs("medium", med_in[d], cfg.words_medium, cfg,
-                                            docs[d][0]))
-    medium = [[m if med_in[d][i] else None for i, m in enumerate(medium[d])]
-              for d in range(len(docs))]
+    # A medium chunk whose small summaries all failed gets no call (and no general QA).
+    med_jobs = [[j for j, text in zip(_summary_jobs("medium", med_in[d], cfg.words_medium,
+                                                     cfg, docs[d][0]), med_in[d]) if text]
+                for d in range(len(docs))]
+    med_out = staged(lambda d: med_jobs[d])
+    medium = []
+    for d in range(len(docs)):
+        it = iter(med_out[d])
+        medium.append([next(it) if text else None for text in med_in[d]])
     glob_in = [" ".join(m for m in medium[d] if m) for d in range(len(docs))]
     glob = staged(lambda d: _summary_jobs("global", [glob_in[d]], cfg.words_global, cfg,
                                           docs[d][0]) if glob_in[d] else [])
