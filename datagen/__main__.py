@@ -21,6 +21,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("command", nargs="?", default="build", choices=["build", "merge"])
     p.add_argument("--corpus", help="kjv | file (.jsonl/.parquet/.txt) | directory | "
                                     "datasets.save_to_disk directory")
+    p.add_argument("--text-field", help="JSONL key / column holding the text (default text)")
     p.add_argument("--tokenizer", help="target model tokenizer (.model or tokenizer.json)")
     p.add_argument("--backend", default="extractive", choices=BACKENDS)
     p.add_argument("--backend-args", default="{}",
@@ -60,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     overrides = dict(kv.split("=", 1) for kv in args.set)
     if args.seed is not None:
         overrides["seed"] = str(args.seed)
+    if args.text_field:
+        overrides["text_field"] = args.text_field
     if args.jsonl:
         overrides["write_jsonl"] = "true"
     try:
