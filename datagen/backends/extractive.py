@@ -87,6 +87,9 @@ def _qa(context: str, kind: str, rng: random.Random) -> dict[str, str]:
         if len(span.split()) >= 4:
             return {"question": f"According to the text, what is said of {name}?",
                     "answer": span}
+    if len(words) < 5:  # too short to cut in two: ask for the whole sentence
+        return {"question": f"Quote the sentence of the text that begins with \"{words[0]}\".",
+                "answer": s}
     cut = max(3, min(len(words) - 2, len(words) // 2 + rng.randint(-2, 2)))
     lead, tail = " ".join(words[:cut]), " ".join(words[cut:cut + 30])
     return {"question": f"In the text, what comes right after \"{lead}\"?", "answer": tail}
