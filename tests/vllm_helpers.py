@@ -95,7 +95,7 @@ def train_tokenizer(text: str, out_dir: str, vocab_size: int = 1024) -> str:
 
 def build_tiny_llama(out_dir: str, text: str | None = None, *, vocab_size: int = 1024,
                      hidden_size: int = 64, num_layers: int = 2, max_positions: int = 4096,
-                     unigram_bias: bool = True, seed: int = 0,
+                     unigram_bias: bool = True, qk_scale: float = 1.0, seed: int = 0,
                      rope_parameters: dict[str, Any] | None = None) -> str:
     """Writes a tiny random Llama + KJV BPE tokenizer into `out_dir` (HF format); returns it.
 
@@ -107,6 +107,8 @@ def build_tiny_llama(out_dir: str, text: str | None = None, *, vocab_size: int =
       num_layers: decoder layers.
       max_positions: `max_position_embeddings`.
       unigram_bias: add the constant-feature unigram prior described in the module docstring.
+      qk_scale: multiplies the q/k projections: random init gives near-uniform attention,
+        where position (RoPE) barely matters; a larger scale makes attention position-aware.
       seed: torch seed for the weights.
       rope_parameters: optional HF v5 `rope_parameters` (e.g. a llama3/yarn scaling).
     """
@@ -131,6 +133,11 @@ def build_tiny_llama(out_dir: str, text: str | None = None, *, vocab_size: int =
         torch_dtype="float32", **kwargs)
     torch.manual_seed(seed)
     model = LlamaForCausalLM(cfg).eval()
+    if qk_scale != 1.0:
+        with torch.no_grad():
+            for layer in model.model.layers:
+                layer.self_attn.q_proj.weight.mul_(qk_scale)
+                layer.self_attn.k_proj.weight.mul_(qk_scale)
     if unigram_bias:
         _add_unigram_prior(model, tok)
     model.save_pretrained(out_dir, safe_serialization=True)
@@ -210,6 +217,12 @@ class FakeOpenAIServer:
                     self.send_header("Retry-After", "0")
                 self.end_headers()
                 self.wfile.write(payload)
+
+            def do_GET(self):
+                if self.path == "/v1/models":
+                    data = [{"id": "fake-model", "object": "model", "max_model_len": 4096}]
+                    return self._send(200, json.dumps({"data": data}).encode())
+                self._send(404, b'{"error": "not found"}')
 
             def do_POST(self):
                 import time

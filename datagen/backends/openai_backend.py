@@ -88,9 +88,14 @@ class JSONClient:
                 pass  # an HTTP-date Retry-After: our own backoff is good enough
         self._sleep(delay)
 
-    def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        """POST `body` to base_url + path; returns the parsed JSON object or raises HTTPError."""
-        data = json.dumps(body).encode()
+    def get(self, path: str) -> dict[str, Any]:
+        """GET base_url + path (same retries); returns the parsed JSON object."""
+        return self.post(path, None)
+
+    def post(self, path: str, body: dict[str, Any] | None) -> dict[str, Any]:
+        """POST `body` to base_url + path (GET when None); returns the parsed JSON object or
+        raises HTTPError."""
+        data = None if body is None else json.dumps(body).encode()
         headers = {"Content-Type": "application/json"}
         if self.__key:
             headers["Authorization"] = f"Bearer {self.__key}"
@@ -98,7 +103,7 @@ class JSONClient:
         for attempt in range(self.max_retries + 1):
             retry_after = None
             req = urllib.request.Request(self.base_url + path, data=data, headers=headers,
-                                         method="POST")
+                                         method="GET" if data is None else "POST")
             try:
                 with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
                     raw = resp.read()
