@@ -264,3 +264,10 @@ def test_adj_noun_index_equals_the_reference_list_on_wonderwords():
     rng = random.Random(0)
     for i in [0, len(full) - 1] + [rng.randrange(len(full)) for _ in range(20_000)]:
         assert lazy[i] == full[i]
+
+
+def test_zeta_matches_closed_form():
+    import math
+    from evals.ruler import fwe
+    assert fwe.zeta(2.0) == pytest.approx(math.pi ** 2 / 6, rel=1e-15)
+    assert fwe.zeta(3.0) == pytest.approx(1.2020569031595942, rel=1e-12)
