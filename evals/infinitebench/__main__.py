@@ -55,6 +55,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m evals.infinitebench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True)
+    p.add_argument("--runner_arg", action="append", default=[],
+                   help="key=value passed to the runner (JSON values), repeatable")
     p.add_argument("--runner", default="vllm")
     p.add_argument("--tokenizer", required=True)
     p.add_argument("--tasks", default=",".join(prompts.TASKS))
@@ -71,10 +73,13 @@ def main(argv=None) -> int:
     unknown = [t for t in tasks if t not in prompts.TASKS]
     if unknown:
         p.error(f"unknown task(s) {unknown}; known: {', '.join(prompts.TASKS)}")
-    from evals.ruler.run import make_runner
+    from evals.ruler.run import make_runner, parse_runner_args
     from evals.ruler.text import load_tokenizer
     tok = load_tokenizer(args.tokenizer)
-    runner = make_runner(args.runner, args.model)
+    kwargs = parse_runner_args(args.runner_arg)
+    if args.runner in ("vllm", "openai"):
+        kwargs.setdefault("tokenizer", args.tokenizer)
+    runner = make_runner(args.runner, args.model, **kwargs)
     os.makedirs(args.out, exist_ok=True)
     scores, not_run = {}, {}
     for task in tasks:

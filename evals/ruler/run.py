@@ -23,10 +23,24 @@ from evals.ruler.text import PieceCounter
 log = logging.getLogger("evals.ruler")
 
 RUNNERS = {  # kind -> (module, class); imported only when asked for
-    "vllm": ("evals.runners.vllm", "VLLMRunner"),
-    "openai": ("evals.runners.openai", "OpenAIRunner"),
-    "lctx": ("evals.runners.lctx", "LctxRunner"),
+    "vllm": ("evals.runners.vllm_runner", "VLLMRunner"),
+    "openai": ("evals.runners.openai_runner", "OpenAIRunner"),
+    "lctx": ("evals.runners.lctx_runner", "LctxRunner"),
 }
+
+
+def parse_runner_args(items) -> dict:
+    """`key=value` strings -> kwargs; values parsed as JSON when they parse, else strings."""
+    out = {}
+    for item in items or ():
+        if "=" not in item:
+            raise ValueError(f"--runner_arg {item!r}: use key=value (e.g. max_model_len=131072)")
+        k, v = item.split("=", 1)
+        try:
+            out[k] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k] = v
+    return out
 
 
 def make_runner(kind: str, model: str, **kwargs):
