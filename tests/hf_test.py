@@ -1,0 +1,189 @@
+"""HF checkpoint interop: a tiny random LlamaForCausalLM loads into lctx with equal logits,
+lctx exports load back into transformers with equal logits, sharded loading, bad input."""
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+from jax.sharding import NamedSharding
+
+from lctx import hf, sharding
+from lctx.model import Llama, ModelConfig
+from lctx.rope import make_rope
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+pytestmark = pytest.mark.hf
+
+TOL = 1e-4  # fp32, whole model (per-block tolerance; never relaxed)
+LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
+               "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 32}
+
+
+def tiny_hf_model(tie: bool, seed: int = 0):
+    cfg = transformers.LlamaConfig(
+        vocab_size=96, hidden_size=64, intermediate_size=112, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, rms_norm_eps=1e-5,
+        max_position_embeddings=256, tie_word_embeddings=tie, initializer_range=0.2,
+        rope_parameters=dict(LLAMA3_ROPE), attn_implementation="eager")
+    torch.manual_seed(seed)
+    model = transformers.LlamaForCausalLM(cfg).float().eval()
+    with torch.no_grad():  # norms start at 1: randomise them so a swapped norm shows
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.uniform_(0.5, 1.5)
+    return model
+
+
+def hf_logits(model, tokens_BT):
+    with torch.no_grad():
+        return model(torch.tensor(np.asarray(tokens_BT))).logits.numpy()
+
+
+def lctx_logits(model, tokens_BT):
+    b, t = tokens_BT.shape
+    pos_BT = np.broadcast_to(np.arange(t), (b, t))
+    return np.asarray(model.logits(model(tokens_BT, pos_BT, np.ones((b, t), np.int32))))
+
+
+@pytest.fixture(scope="module", params=[False, True], ids=["untied", "tied"])
+def hf_dir(request, tmp_path_factory):
+    model = tiny_hf_model(tie=request.param)
+    out = tmp_path_factory.mktemp("hf")
+    model.save_pretrained(out, max_shard_size="40KB")  # forces many shards + an index
+    return str(out), model
+
+
+@pytest.fixture(scope="module")
+def tokens_BT():
+    return np.random.default_rng(0).integers(0, 96, (2, 24)).astype(np.int32)
+
+
+def test_load_matches_hf_logits(hf_dir, tokens_BT):
+    path, ref = hf_dir
+    assert os.path.exists(os.path.join(path, "model.safetensors.index.json"))
+    cfg, model = hf.load_hf(path)
+    assert cfg.tie_embeddings == ref.config.tie_word_embeddings
+    assert cfg.rope == make_rope("llama3", theta=500000.0, factor=8.0, low_freq_factor=1.0,
+                                 high_freq_factor=4.0, original_max_position_embeddings=32)
+    np.testing.assert_allclose(lctx_logits(model, tokens_BT), hf_logits(ref, tokens_BT),
+                               atol=TOL, rtol=0)
+
+
+def test_load_into_8_device_shardings(hf_dir, tokens_BT):
+    path, ref = hf_dir
+    mesh = sharding.make_mesh({"fsdp": 4, "tensor": 2})
+    cfg, model = hf.load_hf(path, mesh=mesh)
+    params = nnx.state(model, nnx.Param)
+    want = sharding.param_shardings(params, mesh)
+    for (p, arr), s in zip(jax.tree_util.tree_leaves_with_path(params), jax.tree.leaves(want)):
+        assert isinstance(arr.sharding, NamedSharding) and arr.sharding.spec == s.spec, p
+    # Each device holds a slice only: the q projection is split over embed (4) and heads (2).
+    wq = model.layers.attn.wq[...]
+    assert wq.addressable_shards[0].data.shape == (2, 64 // 4, 4 // 2, 16)
+    with sharding.use_mesh(mesh):
+        np.testing.assert_allclose(lctx_logits(model, tokens_BT), hf_logits(ref, tokens_BT),
+                                   atol=TOL, rtol=0)
+
+
+@pytest.mark.parametrize("tie", [False, True], ids=["untied", "tied"])
+def test_export_loads_in_transformers(tmp_path, tokens_BT, tie, sp_model_path):
+    cfg = ModelConfig(vocab_size=1024, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2,
+                      head_dim=16, mlp_dim=112, max_seq_len=256, tie_embeddings=tie,
+                      rope=make_rope("yarn", theta=10000.0, factor=4.0,
+                                     original_max_position_embeddings=64), init_std=0.2)
+    model = Llama(cfg, rngs=nnx.Rngs(1))
+    # Non-trivial norm scales so the norm mapping is tested too.
+    for norm in (model.layers.attn_norm, model.layers.mlp_norm, model.final_norm):
+        norm.scale[...] = jax.random.uniform(jax.random.key(2), norm.scale.shape,
+                                             minval=0.5, maxval=1.5)
+    out = hf.export_hf(model, cfg, str(tmp_path / "export"), tokenizer_path=sp_model_path,
+                       max_shard_bytes=200_000)
+    files = sorted(os.listdir(out))
+    assert "model.safetensors.index.json" in files and "tokenizer.model" in files
+    assert not [f for f in os.listdir(tmp_path) if ".tmp-" in f]
+    with open(os.path.join(out, "config.json")) as f:
+        conf = json.load(f)
+    assert conf["architectures"] == ["LlamaForCausalLM"]
+    assert conf["rope_parameters"]["rope_type"] == "yarn"
+    ref = transformers.LlamaForCausalLM.from_pretrained(out, attn_implementation="eager").eval()
+    toks = tokens_BT * 10
+    np.testing.assert_allclose(hf_logits(ref, toks), lctx_logits(model, toks), atol=TOL, rtol=0)
+    # And back: lctx reads its own export to the same params.
+    cfg2, model2, tok = hf.load_hf(out, tokenizer=True)
+    assert cfg2.rope == cfg.rope and tok.vocab_size == 1024
+    np.testing.assert_array_equal(np.asarray(model2.layers.attn.wo[...]),
+                                  np.asarray(model.layers.attn.wo[...]))
+
+
+def test_export_replaces_existing_dir_single_file(tmp_path):
+    cfg = ModelConfig(vocab_size=32, d_model=16, n_layers=1, n_heads=2, n_kv_heads=1,
+                      head_dim=8, mlp_dim=32)
+    model = Llama(cfg, rngs=nnx.Rngs(0))
+    out = tmp_path / "m"
+    out.mkdir()
+    (out / "stale.bin").write_text("old")
+    hf.export_hf(model, str(out))  # cfg defaults to model.cfg
+    assert sorted(os.listdir(out)) == ["config.json", "generation_config.json",
+                                       "model.safetensors"]
+
+
+def _rewrite(path, out, edit):
+    """Copies the checkpoint at `path` to `out` as one file after `edit(tensors)`."""
+    from safetensors.numpy import load_file, save_file
+    tensors = {}
+    for f in os.listdir(path):
+        if f.endswith(".safetensors"):
+            tensors.update(load_file(os.path.join(path, f)))
+    edit(tensors)
+    os.makedirs(out)
+    save_file(tensors, os.path.join(out, "model.safetensors"), metadata={"format": "pt"})
+    with open(os.path.join(path, "config.json")) as f, \
+            open(os.path.join(out, "config.json"), "w") as g:
+        g.write(f.read())
+    return str(out)
+
+
+@pytest.mark.parametrize("hf_dir", [False], ids=["untied"], indirect=True)
+def test_misshaped_tensor_error(hf_dir, tmp_path):
+    name = "model.layers.1.self_attn.k_proj.weight"
+    bad = _rewrite(hf_dir[0], tmp_path / "bad",
+                   lambda t: t.__setitem__(name, np.zeros((16, 64), np.float32)))
+    with pytest.raises(hf.CheckpointError, match=rf"{name} in .*model\.safetensors: expected "
+                                                 r"shape \(32, 64\).*found \(16, 64\)"):
+        hf.load_hf(bad)
+
+
+@pytest.mark.parametrize("hf_dir", [False], ids=["untied"], indirect=True)
+def test_missing_tensor_error(hf_dir, tmp_path):
+    name = "model.layers.0.mlp.down_proj.weight"
+    bad = _rewrite(hf_dir[0], tmp_path / "bad", lambda t: t.pop(name))
+    with pytest.raises(hf.CheckpointError, match=rf"tensor {name} is missing"):
+        hf.load_hf(bad)
+
+
+@pytest.mark.parametrize("hf_dir", [False], ids=["untied"], indirect=True)
+def test_missing_files_errors(hf_dir, tmp_path):
+    with pytest.raises(FileNotFoundError, match="no HF config at .*config.json"):
+        hf.load_hf(str(tmp_path))
+    with pytest.raises(FileNotFoundError, match=r"no tokenizer in directory .*tokenizer\.json"):
+        hf.load_hf(hf_dir[0], tokenizer=True)
+    (tmp_path / "config.json").write_text((open(os.path.join(hf_dir[0], "config.json")).read()))
+    with pytest.raises(FileNotFoundError, match="no weights in .*model.safetensors"):
+        hf.load_hf(str(tmp_path))
+    model = Llama(ModelConfig(vocab_size=32, d_model=16, n_layers=1, n_heads=2, n_kv_heads=1,
+                              head_dim=8, mlp_dim=32), rngs=nnx.Rngs(0))
+    with pytest.raises(FileNotFoundError, match="no tokenizer at .*nope.model"):
+        hf.export_hf(model, str(tmp_path / "x"), tokenizer_path=str(tmp_path / "nope.model"))
+    assert not (tmp_path / "x").exists()
+
+
+def test_unsupported_config_error():
+    base = {"vocab_size": 8, "hidden_size": 8, "num_hidden_layers": 1, "num_attention_heads": 2,
+            "intermediate_size": 8}
+    with pytest.raises(hf.CheckpointError, match="attention_bias=True"):
+        hf.config_from_hf({**base, "attention_bias": True})
+    assert hf.config_from_hf(base, attn_impl="blockwise").attn_impl == "blockwise"
