@@ -37,8 +37,8 @@ def _generate(llm, max_len: int, req: dict) -> list[str]:
     from evals.runners.base import check_lengths, cut_at_stop
     prompts, n_new = req["prompts"], int(req["max_new_tokens"])
     stop = [s for s in req.get("stop") or [] if s]
+    tok = llm.get_tokenizer()
     if prompts and isinstance(prompts[0], str):
-        tok = llm.get_tokenizer()
         # Special-token strings become special tokens; nothing (no BOS) is added.
         ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
     else:
@@ -48,7 +48,10 @@ def _generate(llm, max_len: int, req: dict) -> list[str]:
                             skip_special_tokens=True)
     outs = llm.generate([TokensPrompt(prompt_token_ids=x) for x in ids], params,
                         use_tqdm=False)
-    return [cut_at_stop(o.outputs[0].text, stop) for o in outs]
+    # Decode the whole id sequence (the incremental detokenizer holds back a trailing partial
+    # UTF-8 character); the stop string, which vLLM stopped on, is cut here.
+    return [cut_at_stop(tok.decode(o.outputs[0].token_ids, skip_special_tokens=True), stop)
+            for o in outs]
 
 
 def main() -> int:
