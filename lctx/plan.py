@@ -191,11 +191,6 @@ def main(argv=None) -> list[Cell]:
     ap.add_argument("--hbm_gib", type=float, default=80.0, help="device memory, GiB (H100 80)")
     args = ap.parse_args(argv)
     counts = [int(d) for d in args.devices.split(",")]
-    # Simulated CPU devices must be configured before JAX starts.
-    if "jax" not in sys.modules:
-        os.environ.setdefault("JAX_PLATFORMS", "cpu")
-        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                                   f" --xla_force_host_platform_device_count={max(counts)}")
     import jax
     if jax.device_count() < max(counts):
         raise ValueError(f"--devices={args.devices} needs {max(counts)} devices; this process "
@@ -215,10 +210,23 @@ def main(argv=None) -> list[Cell]:
             for n in counts:
                 bar.set_postfix(seq=seq, devices=n)
                 cells.append(plan_cell(cfg, seq, n, compile_layers=not args.analytic))
+                bar.write(format_table(cells[-1:], args.hbm_gib).splitlines()[2])
                 bar.update()
     print(format_table(cells, args.hbm_gib))
     return cells
 
 
+def _simulate_devices(argv) -> None:
+    """CPU runs: simulate the largest requested device count (before JAX starts)."""
+    import argparse
+    ap = argparse.ArgumentParser(add_help=False)
+    ap.add_argument("--devices", default="8,16,32")
+    n = max(int(d) for d in ap.parse_known_args(argv)[0].devices.split(","))
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                               f" --xla_force_host_platform_device_count={n}")
+
+
 if __name__ == "__main__":
+    _simulate_devices(sys.argv[1:])
     main()
