@@ -1,8 +1,8 @@
 """grain input pipeline: conversation records -> chat tokens -> packed, static-shape batches.
 
     ArrayRecord shards (`lctx.conversation/v1` JSON)
-      -> MapDataset: this process's share (records[process_index::process_count])
-      -> repeat forever, reshuffled each epoch (seeded)
+      -> one global stream: epoch after epoch, each a seeded permutation of all records;
+         process p of P takes elements p, p+P, p+2P, ... (every record once per epoch)
       -> render with the chat format: (ids, loss_mask); loss only on assistant answers
       -> next-token pairs per document: inputs = ids[:-1], targets = ids[1:],
          weights = loss_mask[1:] (so a document's last token never predicts the next one)
@@ -160,16 +160,18 @@ def make_dataset(paths: list[str], render: RenderFn, *, seq_len: int, batch_size
         raise DataError(f"{n} records in {paths[:3]}... cannot be shared by "
                         f"{process_count} processes")
     stats = stats if stats is not None else Stats()
-    mine = grain.MapDataset.source(source)[process_index::process_count]
-    m = len(mine)
+    records_ds = grain.MapDataset.source(source)
 
-    # Epoch e visits every record once, in a permutation seeded by (seed, e).
-    def shuffled(i: int, j: int) -> bytes:
-        perm_j = grain.experimental.index_shuffle(j, max_index=m - 1, seed=seed + i // m,
-                                                  rounds=4)
-        return mine[perm_j]
+    # One global stream of epochs, each a permutation of all records seeded by (seed, epoch);
+    # process p takes stream elements p, p + P, p + 2P, ... With pack=False a global batch
+    # then holds the same documents whatever the number of processes.
+    def pick(i: int, _) -> bytes:
+        g = i * process_count + process_index
+        j = grain.experimental.index_shuffle(g % n, max_index=n - 1, seed=seed + g // n,
+                                             rounds=4)
+        return records_ds[j]
 
-    ds = grain.MapDataset.range(m).repeat(None).map_with_index(shuffled)
+    ds = grain.MapDataset.range(n).repeat(None).map_with_index(pick)
     ds = ds.map(_Render(render, seq_len, overlong, stats)).filter(lambda d: d is not None)
     it = ds.to_iter_dataset()
     if pack:

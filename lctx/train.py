@@ -36,6 +36,8 @@ def init_distributed() -> None:
         if None in (_COORD.value, _NPROC.value, _PID.value):
             raise app.UsageError("multi-process runs need --coordinator_address, "
                                  "--num_processes and --process_id together")
+        if jax.config.jax_platforms == "cpu" or os.environ.get("JAX_PLATFORMS") == "cpu":
+            jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(coordinator_address=_COORD.value,
                                    num_processes=_NPROC.value, process_id=_PID.value)
     elif int(os.environ.get("SLURM_NTASKS", "1")) > 1:
@@ -51,19 +53,6 @@ def log_layout(cfg) -> None:
     logging.info("config:\n%s", cfg)
 
 
-def write_config(cfg, workdir: str) -> None:
-    """Writes config.json into the workdir atomically (process 0)."""
-    import jax
-    if jax.process_index() != 0:
-        return
-    os.makedirs(workdir, exist_ok=True)
-    path = os.path.join(workdir, "config.json")
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(cfg.to_json_best_effort(indent=2, sort_keys=True))
-    os.replace(tmp, path)
-
-
 def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
@@ -77,7 +66,6 @@ def main(argv) -> None:
             config_flags.get_config_filename(flags.FLAGS["config"])))[0])
     init_distributed()
     log_layout(cfg)
-    write_config(cfg, workdir)
     from lctx import trainer
     try:
         results = trainer.train_and_evaluate(cfg, workdir)

@@ -146,8 +146,7 @@ class StageRunner:
                       "rng": jax.random.key_data(jax.random.key(cfg.seed))}
         self.state = place_state(self.state, mesh)
         self.batch_sharding = batch_sharding(mesh)
-        self.ckpts = ckpt_lib.StageCheckpoints(os.path.join(workdir, "ckpt"), name,
-                                               keep=cfg.ckpt.keep, async_save=cfg.ckpt.async_save)
+        self._ckpts = None  # created at the first save: a failed start leaves no directory
         self.data_stats = data_lib.Stats()
         paths, tok = data_lib.build_source(cfg.data, workdir)
         if self.scfg.data_path:
@@ -162,6 +161,8 @@ class StageRunner:
             process_index=jax.process_index(), process_count=jax.process_count(),
             stats=self.data_stats)
         self.data_iter = iter(self.dataset)
+        # Read one batch now so bad data fails before anything is written.
+        self._peeked = next(self.data_iter)
         step_fn = functools.partial(train_step, graphdef=self.graphdef, tx=self.tx,
                                     schedule=self.schedule, grad_accum=cfg.opt.grad_accum,
                                     loss_chunk=cfg.opt.loss_chunk)
@@ -172,7 +173,20 @@ class StageRunner:
         self.last_metrics: dict[str, float] = {}
 
     # ---- state sources ---------------------------------------------------------------
+    @property
+    def ckpts(self) -> ckpt_lib.StageCheckpoints:
+        if self._ckpts is None:
+            self._ckpts = ckpt_lib.StageCheckpoints(
+                os.path.join(self.workdir, "ckpt"), self.name, keep=self.cfg.ckpt.keep,
+                async_save=self.cfg.ckpt.async_save)
+        return self._ckpts
+
+    def close(self) -> None:
+        if self._ckpts is not None:
+            self._ckpts.close()
+
     def restore_own(self, step: int) -> None:
+        self._peeked = None  # the iterator moves to the checkpoint's position
         self.state, meta = self.ckpts.restore(step, ckpt_lib.abstract(self.state), self.data_iter)
         logging.info("resume: %s step %d from this workdir", self.name, step)
 
@@ -212,7 +226,8 @@ class StageRunner:
         self.ckpts.save(step, self.state, self.data_iter, meta, force=finished)
 
     def next_batch(self) -> dict:
-        local = next(self.data_iter)
+        local, self._peeked = (self._peeked, None) if self._peeked is not None else (
+            next(self.data_iter), None)
         return {k: jax.make_array_from_process_local_data(self.batch_sharding, v)
                 for k, v in local.items()}
 
@@ -253,7 +268,7 @@ class StageRunner:
             nf.save(step + 1, self.state, None, {"stage": self.name, "step": step + 1,
                                                  "nonfinite": True})
             nf.close()
-            self.ckpts.close()
+            self.close()
             raise NonFiniteLoss(
                 f"stage {self.name} step {step}: loss is {m['train/loss']} (grad norm "
                 f"{m['train/grad_norm']}). The state after this step is saved in {d}; the "
@@ -320,24 +335,52 @@ class MetricWriter:
 
 # ---- the run ---------------------------------------------------------------------------
 
+def validate(cfg, stages: list[str]) -> None:
+    """Checks what can be checked before anything is written; errors name field and fix."""
+    if cfg.data.batch_size % cfg.opt.grad_accum:
+        raise ValueError(f"data.batch_size={cfg.data.batch_size} is not divisible by "
+                         f"opt.grad_accum={cfg.opt.grad_accum}")
+    for name in stages:
+        st = cfg.stages[name]
+        if st.seq_len > cfg.model.max_seq_len:
+            raise ValueError(f"stages.{name}.seq_len={st.seq_len} exceeds model.max_seq_len="
+                             f"{cfg.model.max_seq_len}; raise the model maximum or shorten "
+                             "the stage")
+        if st.steps < 1:
+            raise ValueError(f"stages.{name}.steps={st.steps} must be >= 1")
+        if not cfg.data.builder:
+            data_lib.resolve_paths(st.data_path or cfg.data.path)
+    if not cfg.data.builder and not (cfg.data.tokenizer or cfg.ckpt.init_from):
+        raise data_lib.DataError("data.tokenizer is empty and there is no ckpt.init_from to "
+                                 "take the tokenizer from; set --config.data.tokenizer")
+
+
+def save_config(cfg, workdir: str) -> None:
+    """Writes config.json into the workdir atomically (process 0)."""
+    if jax.process_index() != 0:
+        return
+    path = os.path.join(workdir, "config.json")
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(cfg.to_json_best_effort(indent=2, sort_keys=True))
+    os.replace(tmp, path)
+
+
 def train_and_evaluate(cfg, workdir: str) -> dict[str, Any]:
     """Runs every stage of `cfg` in `workdir`, resuming where a previous run stopped.
 
     Returns {stage: final metrics} for the stages run by this call.
     """
     from lctx import sharding
-    os.makedirs(workdir, exist_ok=True)
     stages = sorted(cfg.stages.keys())
     if not stages:
         raise ValueError("config has no stages: add cfg.stages.<name> = common.stage(...)")
-    for name in stages:
-        if cfg.stages[name].seq_len > cfg.model.max_seq_len:
-            raise ValueError(f"stages.{name}.seq_len={cfg.stages[name].seq_len} exceeds "
-                             f"model.max_seq_len={cfg.model.max_seq_len}; raise the model "
-                             "maximum or shorten the stage")
+    validate(cfg, stages)
+    os.makedirs(workdir, exist_ok=True)
     # Slowest-varying first: context (ring) and tensor innermost, on the fastest links.
     mesh = sharding.make_mesh([(a, cfg.mesh[a]) for a in ("data", "fsdp", "context", "tensor")])
     logging.info("mesh: %s", dict(mesh.shape))
+    save_config(cfg, workdir)
     writer = MetricWriter(workdir, cfg.log.every_steps, cfg.log.peak_tflops, cfg.log.progress)
     found = ckpt_lib.find_resume(os.path.join(workdir, "ckpt"), stages)
     first = 0 if found is None else stages.index(found.stage) + int(found.finished)
@@ -362,6 +405,6 @@ def train_and_evaluate(cfg, workdir: str) -> dict[str, Any]:
             runner.run()
             runner.export()
             results[name] = runner.last_metrics
-            runner.ckpts.close()
+            runner.close()
         found = None
     return results

@@ -1,0 +1,229 @@
+"""Trainer: kill -9 / resume bit-identity, stages and their RoPE, loss masking, multi-process
+and sequence-sharded parity, bad input. Tiny shapes (d_model 32, 2 layers, T 256-512)."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from configs import common
+from lctx import data, records, trainer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def demo_data(tmp_path_factory, sp_model_path):
+    d = tmp_path_factory.mktemp("recs")
+    recs = data.kjv_demo_records(120, seed=0, max_verses=3, max_questions=2)
+    records.write_array_record(str(d / "a.arrayrecord"), recs[:60])
+    records.write_array_record(str(d / "b.arrayrecord"), recs[60:])
+    return str(d / "*.arrayrecord"), sp_model_path
+
+
+def tiny_config(demo_data, s1=4, s2=0, every=2):
+    path, tok = demo_data
+    c = common.base_config()
+    c.model.update(vocab_size=1024, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2,
+                   head_dim=8, mlp_dim=64, max_seq_len=512)
+    c.mesh.update(data=-1, fsdp=1)
+    c.data.update(path=path, tokenizer=tok, batch_size=8)
+    c.opt.update(lr=3e-3, warmup_steps=2, loss_chunk=128)
+    c.ckpt.update(every_steps=every, keep=3, async_save=False)
+    c.log.progress = False
+    c.stages.s1 = common.stage(seq_len=256, steps=s1, rope_cfg=common.rope(theta=1e4),
+                               export_hf=False)
+    if s2:
+        c.stages.s2 = common.stage(seq_len=512, steps=s2, rope_cfg=common.rope(theta=4e4),
+                                   carry_opt_state=True, export_hf=False)
+    return c
+
+
+def losses(workdir):
+    out = {}
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        for line in f:
+            r = json.loads(line)
+            out[(r["stage"], r["step"])] = r["train/loss"]  # a rerun's line replaces the old
+    return out
+
+
+def cli(workdir, demo_data, *extra, env=None):
+    path, tok = demo_data
+    return [sys.executable, "-m", "lctx.train", "--config=configs/demo.py:quick",
+            f"--workdir={workdir}", "--config.data.builder=", f"--config.data.path={path}",
+            f"--config.data.tokenizer={tok}", "--config.model.d_model=32",
+            "--config.model.n_layers=2", "--config.model.head_dim=8", "--config.model.mlp_dim=64",
+            "--config.model.max_seq_len=512", "--config.stages.s1.seq_len=256",
+            "--config.stages.s2.seq_len=512", "--config.stages.s1.export_hf=False",
+            "--config.stages.s2.export_hf=False", "--config.stages.s1.steps=6",
+            "--config.stages.s2.steps=3", "--config.ckpt.every_steps=2",
+            "--config.ckpt.async_save=False", "--config.log.progress=False", *extra]
+
+
+def _env(n_devices=1, **kw):
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={n_devices}",
+               JAX_PLATFORMS="cpu", PYTHONPATH=ROOT, **kw)
+    return env
+
+
+@pytest.mark.slow
+def test_kill9_then_resume_is_bit_identical(tmp_path, demo_data):
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    subprocess.run(cli(ref, demo_data), cwd=ROOT, env=_env(), check=True, capture_output=True)
+    p = subprocess.Popen(cli(run, demo_data), cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline:  # kill once step 4 of s1 is saved and s1 goes on
+        if os.path.isdir(run / "ckpt" / "s1" / "4") and len(losses(run)) >= 5:
+            break
+        time.sleep(0.05)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    assert not os.path.isdir(run / "ckpt" / "s2"), "killed too late to test a mid-stage resume"
+    subprocess.run(cli(run, demo_data), cwd=ROOT, env=_env(), check=True, capture_output=True)
+    want, got = losses(ref), losses(run)
+    assert sorted(want) == sorted(got) and len(want) == 9
+    assert got == want  # exact: same bits after kill -9 and resume
+
+
+def test_two_stages_checkpoint_and_use_their_rope(tmp_path, demo_data, monkeypatch):
+    from lctx import checkpoint as ckpt_lib, rope as rope_lib
+    used = []
+    real = rope_lib.cos_sin
+
+    def spy(rope, positions_BT, head_dim, seq_len=None):
+        used.append((rope, positions_BT.shape[-1]))
+        return real(rope, positions_BT, head_dim, seq_len)
+
+    monkeypatch.setattr(rope_lib, "cos_sin", spy)
+    cfg = tiny_config(demo_data, s1=3, s2=2)
+    trainer.train_and_evaluate(cfg, str(tmp_path))
+    assert {(type(r).__name__, r.theta, t) for r, t in used} == {
+        ("DefaultRope", 1e4, 256), ("DefaultRope", 4e4, 512)}
+    root = str(tmp_path / "ckpt")
+    for name, steps, theta in (("s1", 3, 1e4), ("s2", 2, 4e4)):
+        mgr = ckpt_lib.StageCheckpoints(root, name, async_save=False)
+        meta = mgr.read_meta(mgr.latest_step())
+        assert (meta["step"], meta["finished"], meta["rope"]["theta"]) == (steps, True, theta)
+        mgr.close()
+    # Stage 2 starts from stage 1's final parameters (and, by config, its Adam moments).
+    from lctx import sharding
+    mesh = sharding.make_mesh([("data", -1), ("fsdp", 1), ("context", 1), ("tensor", 1)])
+    with sharding.use_mesh(mesh):
+        r2 = trainer.StageRunner(cfg, "s2", str(tmp_path), mesh,
+                                 trainer.MetricWriter(str(tmp_path), 1, 1.0, False))
+        r2.start_from_previous("s1", 3)
+        s1 = ckpt_lib.StageCheckpoints(root, "s1", async_save=False)
+        st1, _ = s1.restore(3, ckpt_lib.abstract(r2.state))
+        s1.close()
+    for a, b in zip(jax.tree.leaves(r2.state["params"]), jax.tree.leaves(st1["params"])):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    for a, b in zip(jax.tree.leaves(r2.state["opt"]), jax.tree.leaves(st1["opt"])):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert int(r2.state["step"]) == 0  # the new stage's own schedule starts at 0
+
+
+def test_loss_ignores_non_answer_targets(demo_data):
+    cfg = tiny_config(demo_data)
+    mcfg = trainer.model_config(cfg, cfg.stages.s1.rope)
+    from lctx import model as model_lib
+    model = model_lib.Llama(mcfg, rngs=nnx.Rngs(0))
+    graphdef, params = nnx.split(model, nnx.Param)
+    path, tok = demo_data
+    ds = data.make_dataset(data.resolve_paths(path), data.render_fn_from_tokenizer(tok),
+                           seq_len=256, batch_size=2)
+    b = {k: jnp.asarray(v) for k, v in next(iter(ds)).items()}
+    assert 0 < float(b["weights"].mean()) < 1
+
+    def grads(batch):
+        return jax.value_and_grad(trainer._micro_loss)(params, graphdef, batch, 128)
+
+    l0, g0 = grads(b)
+    other = (b["targets"] + 7) % 1024
+    off = dict(b, targets=jnp.where(b["weights"] > 0, b["targets"], other))
+    on = dict(b, targets=jnp.where(b["weights"] > 0, other, b["targets"]))
+    l_off, g_off = grads(off)
+    l_on, g_on = grads(on)
+    assert float(l_off) == float(l0)  # non-answer targets: no effect on loss ...
+    for a, c in zip(jax.tree.leaves(g0), jax.tree.leaves(g_off)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(c))  # ... nor on gradients
+    assert float(l_on) != float(l0)  # answer targets matter
+    diff = max(float(jnp.abs(a - c).max()) for a, c in zip(jax.tree.leaves(g0),
+                                                           jax.tree.leaves(g_on)))
+    assert diff > 1e-3
+
+
+def test_sequence_sharded_ring_matches_unsharded(tmp_path, demo_data):
+    base = tiny_config(demo_data, s1=3)
+    base.mesh.update(data=1, fsdp=-1)
+    ring = tiny_config(demo_data, s1=3)
+    ring.mesh.update(data=1, fsdp=1, context=8)
+    ring.attn.impl = "ring"
+    a = trainer.train_and_evaluate(base, str(tmp_path / "dense"))
+    b = trainer.train_and_evaluate(ring, str(tmp_path / "ring"))
+    la, lb = losses(tmp_path / "dense"), losses(tmp_path / "ring")
+    assert len(la) == 3
+    for k in la:
+        assert abs(la[k] - lb[k]) < 1e-5, (k, la[k], lb[k])
+    assert a["s1"]["train/loss_tokens"] == b["s1"]["train/loss_tokens"]
+
+
+@pytest.mark.multiprocess
+@pytest.mark.slow
+def test_two_processes_match_one(tmp_path, demo_data):
+    extra = ["--config.data.pack=False", "--config.stages.s1.steps=3",
+             "--config.stages.s2.steps=1", "--config.mesh.data=-1"]
+    subprocess.run(cli(tmp_path / "one", demo_data, *extra), cwd=ROOT, env=_env(2),
+                   check=True, capture_output=True)
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    procs = [subprocess.Popen(cli(tmp_path / "two", demo_data, *extra,
+                                  f"--coordinator_address=localhost:{port}",
+                                  "--num_processes=2", f"--process_id={i}"),
+                              cwd=ROOT, env=_env(1), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs[0][-3000:] + outs[1][-3000:]
+    one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert sorted(one) == sorted(two) and len(one) == 4
+    for k in one:
+        assert abs(one[k] - two[k]) < 1e-6, (k, one[k], two[k])
+
+
+def test_bad_inputs(tmp_path, demo_data):
+    cfg = tiny_config(demo_data)
+    cfg.data.path = str(tmp_path / "nothing-*.arrayrecord")
+    with pytest.raises(data.DataError, match="matches no files"):
+        trainer.train_and_evaluate(cfg, str(tmp_path / "w1"))
+    cfg = tiny_config(demo_data)
+    cfg.stages.s1.seq_len = 1024
+    with pytest.raises(ValueError, match=r"stages.s1.seq_len=1024 exceeds model.max_seq_len"):
+        trainer.train_and_evaluate(cfg, str(tmp_path / "w2"))
+    assert not os.path.exists(tmp_path / "w1") and not os.path.exists(tmp_path / "w2")
+    bad = records.make_record("ok", [{"role": "user", "content": "q"},
+                                     {"role": "assistant", "content": "a"}])
+    bad["messages"] = bad["messages"][:1]
+    records.write_array_record(str(tmp_path / "bad.arrayrecord"), [bad] * 8)
+    cfg = tiny_config(demo_data)
+    cfg.data.path = str(tmp_path / "bad.arrayrecord")
+    with pytest.raises(records.RecordError, match="no non-empty assistant turn"):
+        trainer.train_and_evaluate(cfg, str(tmp_path / "w3"))
+    assert not os.path.exists(tmp_path / "w3" / "ckpt")
+    assert not os.path.exists(tmp_path / "w3" / "metrics.jsonl")
+
+
+def test_config_typo_is_an_error(tmp_path, demo_data):
+    r = subprocess.run(cli(tmp_path / "w", demo_data, "--config.opt.lrr=1e-3"), cwd=ROOT,
+                       env=_env(), capture_output=True, text=True)
+    assert r.returncode != 0 and "lrr" in r.stderr
+    assert not os.path.exists(tmp_path / "w")
