@@ -1,6 +1,6 @@
 """Batched vLLM datagen backend vs one request at a time, same engine, same prompts.
 
-    python bench/vllm_bench.py [--n 48] [--model DIR] [--max-tokens 64]
+    python bench/vllm_bench.py [--n 24] [--model DIR] [--max-tokens 64]
 
 Runs in `.venv-vllm` (re-executes itself there when started from another python). Without
 --model it builds the tiny random Llama of `tests/vllm_helpers.py` (CPU-friendly). The
@@ -30,6 +30,7 @@ def _ensure_vllm_env() -> None:
                      f"run `bash datagen/vllm_env.sh` first")
         env = dict(os.environ, PYTHONPATH=REPO, HF_HUB_OFFLINE="1")
         env.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        env.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
         os.execve(py, [py, os.path.abspath(__file__), *sys.argv[1:]], env)
 
 
@@ -55,7 +56,7 @@ def main() -> None:
     _ensure_vllm_env()
     sys.path[:0] = [REPO, os.path.join(REPO, "tests")]
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--n", type=int, default=48, help="requests")
+    p.add_argument("--n", type=int, default=24, help="requests")
     p.add_argument("--model", help="HF model dir (default: build the tiny test Llama)")
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--max-model-len", type=int, default=2048)

@@ -86,7 +86,7 @@ def _run_pipeline(gen, tmp: str, model_dir: str) -> dict:
 
 
 # ----------------------------------------------------------------------- pytest side
-if __name__ not in ("__main__", "x_main"):
+if __name__ != "__main__":
     import pytest
 
     pytestmark = pytest.mark.vllm
@@ -98,6 +98,12 @@ if __name__ not in ("__main__", "x_main"):
         run_in_vllm_venv(os.path.abspath(__file__), [out], timeout=900)
         with open(out) as f:
             return json.load(f)
+
+    def test_missing_venv_fails_with_the_build_command(monkeypatch):
+        import vllm_helpers
+        monkeypatch.setattr(vllm_helpers, "VLLM_PYTHON_REL", "no-such-venv/bin/python")
+        with pytest.raises(RuntimeError, match="datagen/vllm_env.sh"):
+            vllm_helpers.run_in_vllm_venv(os.path.abspath(__file__), ["x"])
 
     def test_structured_json_output_is_honoured(report):
         qa = [report["mixed"][i] for i in (0, 2, 6, 7, 8, 9)]
