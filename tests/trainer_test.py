@@ -163,15 +163,21 @@ def test_loss_ignores_non_answer_targets(demo_data):
 
 
 def test_sequence_sharded_ring_matches_unsharded(tmp_path, demo_data):
-    base = tiny_config(demo_data, s1=3)
+    """8 simulated devices on the context axis (ring attention, zigzag data) vs 8-way FSDP.
+
+    Step 0's loss is the forward alone; step 1's follows one identical-up-to-rounding update.
+    Later steps are not compared: Adam turns ulp-level gradient differences on near-zero
+    coordinates into lr-sized steps, so runs drift apart chaotically.
+    """
+    base = tiny_config(demo_data, s1=2)
     base.mesh.update(data=1, fsdp=-1)
-    ring = tiny_config(demo_data, s1=3)
+    ring = tiny_config(demo_data, s1=2)
     ring.mesh.update(data=1, fsdp=1, context=8)
     ring.attn.impl = "ring"
     a = trainer.train_and_evaluate(base, str(tmp_path / "dense"))
     b = trainer.train_and_evaluate(ring, str(tmp_path / "ring"))
     la, lb = losses(tmp_path / "dense"), losses(tmp_path / "ring")
-    assert len(la) == 3
+    assert sorted(la) == sorted(lb) == [("s1", 0), ("s1", 1)]
     for k in la:
         assert abs(la[k] - lb[k]) < 1e-5, (k, la[k], lb[k])
     assert a["s1"]["train/loss_tokens"] == b["s1"]["train/loss_tokens"]
