@@ -44,6 +44,7 @@ class Cell:
     activations: int
     flops_step: float
     compile_s: float
+    compiled: bool = True  # False: activations not measured (--analytic)
 
     @property
     def total(self) -> int:
@@ -158,7 +159,7 @@ def plan_cell(cfg, seq: int, devices: int, compile_layers: bool = True) -> Cell:
         acts = max(temp - params, 0)  # the step's fp32 gradient accumulator is in temp
     flops = trainer.flops_per_token(mcfg, seq) * seq * cfg.data.batch_size
     return Cell(seq, devices, dict(mesh.shape), params, params, opt, acts, flops,
-                time.time() - t0)
+                time.time() - t0, compile_layers)
 
 
 def format_table(cells: list[Cell], hbm_gib: float = 80.0) -> str:
@@ -168,9 +169,11 @@ def format_table(cells: list[Cell], hbm_gib: float = 80.0) -> str:
     rows = [head, "-" * len(head)]
     for c in cells:
         mesh = ",".join(f"{k}={v}" for k, v in c.mesh.items())
+        acts = f"{c.activations / GiB:7.2f}" if c.compiled else f"{'n/a':>7}"
+        fits = ("yes" if c.total < hbm_gib * GiB else "NO") if c.compiled else "?"
         rows.append(f"{c.seq:>8} {c.devices:>4} {mesh:<34} {c.params / GiB:7.2f} "
-                    f"{c.grads / GiB:7.2f} {c.opt / GiB:7.2f} {c.activations / GiB:7.2f} "
-                    f"{c.total / GiB:7.2f} {'yes' if c.total < hbm_gib * GiB else 'NO':>5} "
+                    f"{c.grads / GiB:7.2f} {c.opt / GiB:7.2f} {acts} "
+                    f"{c.total / GiB:7.2f} {fits:>5} "
                     f"{c.flops_step / 1e15:10.1f} {c.flops_step / c.devices / 1e12:9.1f}")
     rows.append("params/grads/adamw: exact from abstract shapes and shardings (fp32 master "
                 "weights, 2 fp32 moments). acts*: ESTIMATE, compiled temp of a 1- and a "
@@ -210,7 +213,7 @@ def main(argv=None) -> list[Cell]:
             for n in counts:
                 bar.set_postfix(seq=seq, devices=n)
                 cells.append(plan_cell(cfg, seq, n, compile_layers=not args.analytic))
-                bar.write(format_table(cells[-1:], args.hbm_gib).splitlines()[2])
+                bar.write(format_table(cells[-1:], args.hbm_gib).splitlines()[2], file=sys.stderr)
                 bar.update()
     print(format_table(cells, args.hbm_gib))
     return cells
