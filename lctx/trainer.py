@@ -206,8 +206,14 @@ class StageRunner:
 
     def start_from_hf(self, directory: str) -> None:
         from lctx import hf
-        loaded = hf.load_hf(directory)
-        params = nnx.state(loaded[0] if isinstance(loaded, tuple) else loaded, nnx.Param)
+        _, model = hf.load_hf(directory, mesh=self.mesh)
+        params = nnx.state(model, nnx.Param)
+        want = jax.tree.map(lambda x: x.shape, self.state["params"])
+        got = jax.tree.map(lambda x: x.shape, params)
+        if want != got:
+            raise ValueError(f"ckpt.init_from={directory!r}: its shapes do not match cfg.model "
+                             "(vocab_size, d_model, n_layers, heads, mlp_dim); set the model "
+                             "section to the HF config.json's values")
         self._adopt({"params": params}, carry_opt=False)
         logging.info("init_from: HF weights %s", directory)
 

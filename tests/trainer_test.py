@@ -106,7 +106,12 @@ def test_two_stages_checkpoint_and_use_their_rope(tmp_path, demo_data, monkeypat
 
     monkeypatch.setattr(rope_lib, "cos_sin", spy)
     cfg = tiny_config(demo_data, s1=3, s2=2)
+    cfg.stages.s1.export_hf = cfg.stages.s2.export_hf = True
     trainer.train_and_evaluate(cfg, str(tmp_path))
+    for name, theta in (("s1", 1e4), ("s2", 4e4)):  # each stage's HF export has its RoPE
+        with open(tmp_path / "hf" / name / "config.json") as f:
+            hf_cfg = json.load(f)
+        assert rope_lib.rope_from_hf(hf_cfg).theta == theta
     assert {(type(r).__name__, r.theta, t) for r, t in used} == {
         ("DefaultRope", 1e4, 256), ("DefaultRope", 4e4, 512)}
     root = str(tmp_path / "ckpt")
