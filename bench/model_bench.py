@@ -192,14 +192,15 @@ def main():
     rows = []
     for t in tqdm(lengths, desc="compiling", leave=False):
         row = [t]
-        for impl in ("dense", "blockwise"):
-            row += compiled_memory(dataclasses.replace(bench_config(t), attn_impl=impl,
-                                                       max_seq_len=t), t)
+        for impl, scan in (("dense", True), ("blockwise", True), ("blockwise", False)):
+            row += compiled_memory(dataclasses.replace(
+                bench_config(t), attn_impl=impl, max_seq_len=t, scan_layers=scan), t)
         rows.append(row)
+    # The unscanned column isolates the layer scan's share of the blockwise step's memory.
     print(f"{'T':>7}{'dense temp GiB':>16}{'blockwise temp GiB':>20}{'dense/blockwise':>17}"
-          f"{'args+out GiB':>14}")
-    for t, dt, dio, bt, bio in rows:
-        print(f"{t:7d}{dt:16.3f}{bt:20.3f}{dt / bt:16.1f}x{bio:14.3f}")
+          f"{'blockwise unscanned':>21}{'args+out GiB':>14}")
+    for t, dt, _, bt, bio, ut, _ in rows:
+        print(f"{t:7d}{dt:16.3f}{bt:20.3f}{dt / bt:16.1f}x{ut:21.3f}{bio:14.3f}")
 
 
 if __name__ == "__main__":
