@@ -10,8 +10,8 @@ documents concatenated beyond 180K); lr 6e-5, 1 epoch per stage; 8-32 H100s; 650
 micro-batch, grad_accum 8 on a single data replica); warmup 5% of the stage's steps, cosine
 decay to 10%; Adam moments fresh each stage; RoPE per stage is lctx.rope's static NTK-aware
 base change from Llama-3's original 8K window (type 'ntk', theta 5e5, factor L/8192, so
-theta' = 5e5 * (L/8192)^(128/126) = 1.18e7, 2.32e7, 4.36e7, 6.91e7 at L = 180Ki, 350Ki, 650Ki, 1Mi; REFERENCE_NOTES), which
-drops the llama3 frequency blend from stage 1 on, as Gradient's 1048K model did with plain
+theta' = 5e5 * (L/8192)^(128/126) = 1.18e7, 2.32e7, 4.36e7, 6.91e7 at L = 180Ki, 350Ki,
+650Ki, 1Mi; REFERENCE_NOTES), which drops the llama3 frequency blend from stage 1 on, as Gradient's 1048K model did with plain
 theta. `:rope=llama3` instead keeps the llama3 type and scales its factor with length.
 """
 from configs import common
