@@ -1,0 +1,350 @@
+"""`LctxRunner`: greedy generation with lctx's own Flax model (`lctx.generate`) for the evals.
+
+Loads either an HF-format directory (an lctx export or any Llama checkpoint, `lctx.hf.load_hf`)
+or an lctx training run (a workdir, `<workdir>/ckpt/<stage>` or `<workdir>/ckpt/<stage>/<step>`;
+parameters are restored from the orbax `state` item, the architecture from the run's
+config.json and the RoPE from the checkpoint's metadata). A RoPE override evaluates zero-shot
+RoPE scaling (e.g. YaRN x4 on a model trained at 8K), usually together with `max_model_len`.
+
+Generation: prompts are sorted by length, batched, right-padded to a few static bucket lengths
+(powers of two, so a RULER run compiles a handful of programs rather than one per prompt),
+prefilled with blockwise attention and decoded with `lctx.generate`'s KV-cache loop. A batch
+short of `batch_size` is filled with copies of its last prompt: greedy copies finish together
+with it, so they never lengthen the decode loop. With more than one device the parameters are
+sharded over an (fsdp) mesh by `lctx.sharding` rules and XLA partitions the computation.
+
+This is the one `evals` module that imports JAX (see docs/DESIGN.md).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from typing import Any, Sequence
+
+from tqdm import tqdm
+
+from evals.runners.base import Prompts, check_lengths, check_prompts, cut_at_stop
+
+log = logging.getLogger("evals.runners.lctx")
+
+# RoPE types whose frequencies depend on the current length (HF: max position id + 1): padding
+# a prompt to a bucket would change them, so such models run one prompt at a time, unpadded.
+_LENGTH_DEPENDENT_ROPE = ("dynamic", "longrope")
+
+
+def _rope_override(rope: Any, max_positions: int):
+    """An `lctx.rope.RopeConfig` from a RopeConfig, an lctx dict {"type": ...} (a run config's
+    rope section / checkpoint meta) or an HF dict {"rope_type": ...} (v5 `rope_parameters`)."""
+    from lctx import rope as rope_lib
+    if isinstance(rope, rope_lib.RopeConfig):
+        return rope
+    if isinstance(rope, str):
+        rope = json.loads(rope)
+    if not isinstance(rope, dict):
+        raise TypeError(f"rope={rope!r}: give a lctx.rope.RopeConfig, an lctx dict "
+                        "{'type': 'yarn', 'theta': ..., 'factor': ...} or an HF dict "
+                        "{'rope_type': 'yarn', 'rope_theta': ..., 'factor': ...}")
+    if "type" in rope and "rope_type" not in rope:
+        return rope_lib.make_rope(**rope)
+    return rope_lib.rope_from_hf({"rope_parameters": dict(rope),
+                                  "max_position_embeddings": max_positions})
+
+
+def _is_hf_dir(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, "config.json")) and any(
+        n.endswith(".safetensors") or n == "model.safetensors.index.json"
+        for n in os.listdir(path))
+
+
+def _find_checkpoint(path: str, stage: str | None, step: int | None):
+    """(workdir, stage, step directory) of an lctx run path (workdir | ckpt/<stage>[/<step>])."""
+    from lctx import checkpoint as ckpt_lib
+    path = os.path.abspath(path)
+    if os.path.isdir(os.path.join(path, "state")):  # <workdir>/ckpt/<stage>/<step>
+        return os.path.dirname(os.path.dirname(os.path.dirname(path))), path
+    if os.path.isdir(os.path.join(path, "ckpt")):  # the workdir
+        root = os.path.join(path, "ckpt")
+        stages = [stage] if stage else sorted(os.listdir(root))
+        found = ckpt_lib.find_resume(root, stages)
+        if found is None:
+            raise FileNotFoundError(f"{path}: no finished checkpoint under {root} (stages "
+                                    f"{stages}); train first or point at an HF export")
+        stage_dir, latest = found.directory, found.step
+    else:  # <workdir>/ckpt/<stage>
+        stage_dir = path
+        mgr = ckpt_lib.StageCheckpoints(os.path.dirname(path), os.path.basename(path),
+                                        async_save=False)
+        latest = mgr.latest_step()
+        mgr.close()
+        if latest is None:
+            raise FileNotFoundError(f"model={path!r} is neither an HF directory (config.json + "
+                                    "safetensors) nor an lctx workdir / ckpt/<stage> directory "
+                                    "with a checkpoint")
+    step_dir = os.path.join(stage_dir, str(latest if step is None else step))
+    if not os.path.isdir(os.path.join(step_dir, "state")):
+        raise FileNotFoundError(f"{step_dir} has no 'state' item (step={step} not saved?)")
+    return os.path.dirname(os.path.dirname(stage_dir)), step_dir
+
+
+def load_checkpoint(path: str, *, stage: str | None = None, step: int | None = None,
+                    mesh=None, **overrides):
+    """Loads an lctx training checkpoint's parameters into a `Llama`.
+
+    Args:
+      path: the run's workdir, `<workdir>/ckpt/<stage>` or `<workdir>/ckpt/<stage>/<step>`.
+      stage, step: pick a stage / step (default: the latest checkpoint of the last stage).
+      mesh: shard the parameters over this mesh (`lctx.sharding` rules); None: one device.
+      **overrides: ModelConfig fields (attn_impl, rope, max_seq_len, ...).
+
+    Returns:
+      (ModelConfig, Llama, meta dict of the checkpoint (stage, step, rope, ...)).
+    """
+    import jax
+    import orbax.checkpoint as ocp
+    from flax import nnx
+
+    from lctx import model as model_lib
+    from lctx import rope as rope_lib
+    from lctx import sharding as sharding_lib
+    workdir, step_dir = _find_checkpoint(path, stage, step)
+    cfg_path = os.path.join(workdir, "config.json")
+    if not os.path.isfile(cfg_path):
+        raise FileNotFoundError(f"{cfg_path} is missing: the trainer writes the run config "
+                                "there; the architecture cannot be known without it")
+    with open(cfg_path) as f:
+        run_cfg = json.load(f)
+    meta = {}
+    if os.path.isdir(os.path.join(step_dir, "meta")):
+        meta = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(
+            os.path.join(step_dir, "meta"))
+    m, a = run_cfg["model"], run_cfg.get("attn", {})
+    fields = {k: m[k] for k in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads",
+                                "head_dim", "mlp_dim", "norm_eps", "tie_embeddings",
+                                "max_seq_len", "param_dtype", "dtype", "scan_layers")}
+    fields.update(rope=rope_lib.make_rope(**(meta.get("rope") or run_cfg["rope"])),
+                  attn_impl=a.get("impl", "blockwise"), block_q=a.get("block_q", 512),
+                  block_k=a.get("block_k", 512))
+    fields.update(overrides)
+    cfg = model_lib.ModelConfig(**fields)
+    graphdef, abs_state = nnx.split(nnx.eval_shape(lambda: model_lib.Llama(cfg,
+                                                                           rngs=nnx.Rngs(0))))
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    shardings = (sharding_lib.param_shardings(abs_state, mesh) if mesh is not None else
+                 jax.tree.map(lambda _: device, abs_state))
+    target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                          abs_state, shardings)
+    # Only the params of {params, opt, step, rng}: the optimizer moments are never read.
+    restored = ocp.PyTreeCheckpointer().restore(
+        os.path.join(step_dir, "state"), args=ocp.args.PyTreeRestore(
+            item={"params": target}, partial_restore=True,
+            restore_args={"params": ocp.checkpoint_utils.construct_restore_args(target)}))
+    return cfg, nnx.merge(graphdef, restored["params"]), dict(meta, workdir=workdir)
+
+
+def _run_tokenizer_path(workdir: str) -> str:
+    """The tokenizer a training run used: data.tokenizer, ckpt.init_from, or a built one."""
+    import glob
+    with open(os.path.join(workdir, "config.json")) as f:
+        run_cfg = json.load(f)
+    for path in (run_cfg.get("data", {}).get("tokenizer"), run_cfg.get("ckpt", {}).get(
+            "init_from")):
+        if path:
+            return path
+    built = sorted(glob.glob(os.path.join(workdir, "data", "**", "*.model"), recursive=True))
+    if built:
+        return built[0]
+    raise FileNotFoundError(f"{workdir}: the run config names no tokenizer (data.tokenizer, "
+                            "ckpt.init_from) and none was built under data/; pass tokenizer=")
+
+
+def bucket_length(n: int, budget: int, min_bucket: int) -> int:
+    """The static prompt length for an `n`-token prompt: the next power of two (at least
+    `min_bucket`), capped at `budget` (the window less the generation budget)."""
+    return min(max(min_bucket, 1 << max(0, math.ceil(math.log2(n)))), budget)
+
+
+class LctxRunner:
+    """Runner over an lctx model in this process (contract: `evals.runners.base`).
+
+    Args:
+      model: HF-format directory (config.json + safetensors), or an lctx run: workdir,
+        `<workdir>/ckpt/<stage>` or `<workdir>/ckpt/<stage>/<step>`.
+      tokenizer: tokenizer path; default: the HF directory / the run's tokenizer.
+      rope: RoPE override: an `lctx.rope.RopeConfig`, an lctx dict ({"type": "yarn", ...}) or
+        an HF dict ({"rope_type": "yarn", "rope_theta": ..., ...}); `rope_parameters` is an
+        alias (the VLLMRunner's name, so `--runner_arg rope_parameters=...` works for both).
+      max_model_len: the context window (prompt + generation) instead of the model's
+        `max_seq_len` / `max_position_embeddings` (e.g. with a context-extending RoPE).
+      attn_impl: prefill attention: 'blockwise' (default, O(T) memory) or 'dense'.
+      block_q, block_k: blockwise block lengths in tokens.
+      devices: number of devices (or a device list) to shard the parameters over; None: 1.
+      batch_size: prompts per generate call.
+      min_bucket: the smallest static prompt length.
+      dtype: compute dtype (default: the checkpoint's, float32).
+      stage, step: which checkpoint of an lctx run (default: the latest).
+      progress: show a tqdm bar per `generate` call.
+    """
+
+    def __init__(self, model: str, *, tokenizer: str | None = None, rope: Any = None,
+                 rope_parameters: Any = None, max_model_len: int | None = None,
+                 attn_impl: str = "blockwise", block_q: int = 512, block_k: int = 512,
+                 devices: int | Sequence[Any] | None = None, batch_size: int = 8,
+                 min_bucket: int = 128, dtype: str | None = None, stage: str | None = None,
+                 step: int | None = None, progress: bool = True):
+        from lctx import hf
+        from lctx.tokenizer import load_tokenizer
+
+        from evals.ruler.text import SpecialTextTokenizer
+        if attn_impl not in ("blockwise", "dense"):
+            raise ValueError(
+                f"attn_impl={attn_impl!r}: use 'blockwise' or 'dense'. Ring attention is for "
+                "training: with a KV cache lctx.model runs blockwise on one sequence shard; "
+                "pass devices=N to shard the parameters instead")
+        if rope is not None and rope_parameters is not None:
+            raise ValueError("give rope= or rope_parameters=, not both")
+        if batch_size < 1 or min_bucket < 1:
+            raise ValueError(f"batch_size={batch_size} and min_bucket={min_bucket} must be >= 1")
+        if not os.path.isdir(model):
+            raise FileNotFoundError(f"model={model!r} is not a directory: give an HF export or "
+                                    "an lctx workdir / ckpt/<stage> directory")
+        self.mesh = self._mesh(devices)
+        overrides = dict(attn_impl=attn_impl, block_q=block_q, block_k=block_k)
+        if dtype is not None:
+            overrides["dtype"] = dtype
+        if _is_hf_dir(model):
+            self.cfg, self.model = hf.load_hf(model, mesh=self.mesh, **overrides)
+            tokenizer = tokenizer or model
+            self.meta = {}
+        else:
+            self.cfg, self.model, self.meta = load_checkpoint(model, stage=stage, step=step,
+                                                              mesh=self.mesh, **overrides)
+            tokenizer = tokenizer or _run_tokenizer_path(self.meta["workdir"])
+        rope = rope if rope is not None else rope_parameters
+        changes = {}
+        if rope is not None:
+            changes["rope"] = _rope_override(rope, self.cfg.max_seq_len)
+        if max_model_len is not None:
+            if int(max_model_len) < 2:
+                raise ValueError(f"max_model_len={max_model_len} must be >= 2")
+            changes["max_seq_len"] = int(max_model_len)
+        if changes:  # the config is static data of the graph: swap it, keep the weights
+            import dataclasses
+            self.cfg = dataclasses.replace(self.cfg, **changes)
+            self.model.cfg = self.cfg
+        self.tokenizer = load_tokenizer(tokenizer)
+        if self.tokenizer.vocab_size > self.cfg.vocab_size:
+            raise ValueError(f"tokenizer {tokenizer} has {self.tokenizer.vocab_size} ids but "
+                             f"the model's vocab_size is {self.cfg.vocab_size}")
+        self._encoder = SpecialTextTokenizer(self.tokenizer)
+        self._special_ids = self._specials()
+        self.max_len = self.cfg.max_seq_len
+        self.max_model_len = self.max_len
+        self.batch_size, self.min_bucket, self.progress = batch_size, min_bucket, progress
+        self._exact = self.cfg.rope.type in _LENGTH_DEPENDENT_ROPE
+        log.info("lctx runner: %s, rope %s, window %d, %s", model, self.cfg.rope,
+                 self.max_len, "mesh " + str(dict(self.mesh.shape)) if self.mesh else "1 device")
+
+    @staticmethod
+    def _mesh(devices):
+        import jax
+
+        from lctx import sharding as sharding_lib
+        if devices is None:
+            return None
+        devs = (jax.devices()[:int(devices)] if isinstance(devices, int) else list(devices))
+        if isinstance(devices, int) and len(devs) < devices:
+            raise ValueError(f"devices={devices} but only {len(jax.devices())} are visible")
+        if len(devs) <= 1:
+            return None
+        return sharding_lib.make_mesh({"data": 1, "fsdp": len(devs), "context": 1,
+                                       "tensor": 1}, devices=devs)
+
+    def _specials(self) -> set[int]:
+        """Ids dropped from the continuation text (HF's skip_special_tokens)."""
+        tok = self.tokenizer
+        ids = set(self._encoder.ids.values()) | set(tok.eos_ids)
+        if tok.bos_id is not None:
+            ids.add(tok.bos_id)
+        rust = getattr(tok, "_tok", None)  # HF tokenizer.json: its own special flags
+        if rust is not None and hasattr(rust, "get_added_tokens_decoder"):
+            ids |= {i for i, t in rust.get_added_tokens_decoder().items() if t.special}
+        return ids
+
+    def encode(self, prompts: Prompts) -> list[list[int]]:
+        """Token ids of the prompts: text with special-token strings read as special tokens
+        and nothing added (no BOS), ids as given."""
+        if check_prompts(prompts, 1) == "text":
+            return self._encoder.encode_batch(list(prompts))
+        return [list(map(int, p)) for p in prompts]
+
+    def generate(self, prompts: Prompts, max_new_tokens: int, stop: Sequence[str] = ()
+                 ) -> list[str]:
+        """Greedy continuations (contract: `evals.runners.base`)."""
+        check_prompts(prompts, max_new_tokens)
+        ids = self.encode(prompts)
+        if not ids:
+            return []
+        check_lengths([len(x) for x in ids], self.max_len, max_new_tokens)
+        bad = [(i, t) for i, x in enumerate(ids) for t in x if not 0 <= t < self.cfg.vocab_size]
+        if bad:
+            raise ValueError(f"prompt {bad[0][0]} holds token id {bad[0][1]}, outside the "
+                             f"model's vocabulary [0, {self.cfg.vocab_size})")
+        out_ids = self.generate_ids(ids, max_new_tokens)
+        return [cut_at_stop(self.tokenizer.decode([t for t in o if t not in self._special_ids]),
+                            stop) for o in out_ids]
+
+    def generate_ids(self, ids: list[list[int]], max_new_tokens: int) -> list[list[int]]:
+        """Greedy token ids after each prompt, cut before the first end-of-turn/text id."""
+        import numpy as np
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        size = 1 if self._exact else self.batch_size
+        budget = self.max_len - max_new_tokens
+        out: list[list[int] | None] = [None] * len(ids)
+        bar = tqdm(total=len(ids), desc="lctx generate", disable=not self.progress,
+                   leave=False)
+        for start in range(0, len(order), size):
+            rows = order[start:start + size]
+            rows += [rows[-1]] * (size - len(rows))  # greedy copies finish with their original
+            longest = max(len(ids[i]) for i in rows)
+            t = longest if self._exact else bucket_length(longest, budget, self.min_bucket)
+            prompt_BT = np.full((size, t), self.tokenizer.pad_id, np.int32)
+            for r, i in enumerate(rows):
+                prompt_BT[r, :len(ids[i])] = ids[i]
+            lengths_B = np.array([len(ids[i]) for i in rows], np.int32)
+            toks_BM = self._decode(prompt_BT, lengths_B, max_new_tokens)
+            for r, i in enumerate(rows[:len(order[start:start + size])]):
+                row = toks_BM[r].tolist()
+                cut = next((k for k, tok in enumerate(row) if tok in self.tokenizer.eos_ids),
+                           len(row))
+                out[i] = row[:cut]
+            bar.update(len(order[start:start + size]))
+        bar.close()
+        return out
+
+    def _decode(self, prompt_BT, lengths_B, max_new_tokens: int):
+        import jax
+        import numpy as np
+
+        from lctx import generate as gen_lib
+        # eot stops the loop early once every row emitted it; other eos ids are cut on host.
+        eos = self.tokenizer.eot_id
+        if self.mesh is not None:
+            from jax.sharding import NamedSharding, PartitionSpec as P
+            rep = NamedSharding(self.mesh, P())
+            prompt_BT, lengths_B = jax.device_put(prompt_BT, rep), jax.device_put(lengths_B, rep)
+        toks_BM, _ = gen_lib.generate(self.model, prompt_BT, lengths_B,
+                                      max_new_tokens=max_new_tokens, eos_id=eos,
+                                      pad_id=eos if eos is not None else 0)
+        return np.asarray(jax.device_get(toks_BM))
+
+    def close(self) -> None:
+        """Drops the model (device memory is freed with its arrays)."""
+        self.model = None
+
+    def __enter__(self) -> "LctxRunner":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
