@@ -153,8 +153,10 @@ def plan_cell(cfg, seq: int, devices: int, compile_layers: bool = True) -> Cell:
     acts = 0
     if compile_layers:
         # Two small compiles give base + per-layer temp; L layers are extrapolated.
-        t1, t2 = (_compiled_temp(cfg, dataclasses.replace(mcfg, n_layers=n), mesh, seq)
-                  for n in (1, 2))
+        # Layers unrolled: under the layer scan jax 0.10.2 differentiates through the ring's
+        # forward loops instead of its custom_vjp (stacked block probabilities, O(T^2/C)).
+        t1, t2 = (_compiled_temp(cfg, dataclasses.replace(mcfg, n_layers=n, scan_layers=False),
+                                 mesh, seq) for n in (1, 2))
         temp = t1 + (mcfg.n_layers - 1) * (t2 - t1)
         acts = max(temp - params, 0)  # the step's fp32 gradient accumulator is in temp
     flops = trainer.flops_per_token(mcfg, seq) * seq * cfg.data.batch_size
