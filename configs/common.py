@@ -122,7 +122,7 @@ def base_config() -> mc.ConfigDict:
     c.eval = mc.ConfigDict(dict(
         every_steps=0,  # held-out loss every N steps (0 = off)
         batches=2,  # batches per evaluation
-        path="",  # ArrayRecord glob for held-out data ('' = training source, other seed)
+        path="",  # ArrayRecord glob of held-out data ('' = training data, another order)
     ))
     c.log = mc.ConfigDict(dict(
         every_steps=1,  # metrics to JSONL/console every N steps

@@ -24,6 +24,7 @@ def get_config(arg=None):
     c.data.update(builder="kjv_demo", batch_size=8, demo_records=4000)
     c.opt.update(lr=1e-3, warmup_steps=20, schedule="cosine", end_lr_frac=0.1, clip_norm=1.0)
     c.ckpt.update(every_steps=50, keep=2)
+    c.eval.update(every_steps=50, batches=2)  # fixed-batch loss (demo data, not held out)
     s1, s2 = (150, 50) if a.variant == "full" else (20, 6)
     if a.variant not in ("full", "quick"):
         raise ValueError(f"demo variant {a.variant!r}; expected full or quick")

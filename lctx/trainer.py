@@ -249,6 +249,9 @@ class StageRunner:
             if pending is not None:  # one step late: the device is already on `step`
                 self._report(*pending, bar)
             pending = (step, metrics, self.writer.tokens(batch))
+            ev = self.cfg.eval.every_steps
+            if ev > 0 and ((step + 1) % ev == 0 or step + 1 == self.steps):
+                self.evaluate(step)
             if (step + 1) % self.cfg.ckpt.every_steps == 0 and step + 1 < self.steps:
                 self._report(*pending, bar)
                 pending = None
@@ -265,6 +268,31 @@ class StageRunner:
             logging.warning("stage %s: %d documents truncated, %d dropped (longer than %d "
                             "tokens; data.overlong=%s)", self.name, stats["truncated"],
                             stats["dropped"], self.scfg.seq_len, self.cfg.data.overlong)
+
+    def evaluate(self, step: int) -> None:
+        """Loss over eval.batches fixed batches of eval.path (held out), or of the training
+        data in another order when eval.path is empty; written to metrics.jsonl."""
+        if not hasattr(self, "_eval_batches"):
+            ecfg = self.cfg.eval
+            paths = (data_lib.resolve_paths(ecfg.path) if ecfg.path else
+                     data_lib.resolve_paths(self.scfg.data_path) if self.scfg.data_path else
+                     data_lib.build_source(self.cfg.data, self.workdir)[0])
+            it = iter(data_lib.make_dataset(
+                paths, self.render, seq_len=self.scfg.seq_len,
+                batch_size=self.cfg.data.batch_size, seed=self.cfg.data.seed + 1,
+                pack=self.cfg.data.pack, packing_bins=self.cfg.data.packing_bins,
+                overlong=self.cfg.data.overlong, context_shards=int(self.mesh.shape["context"]),
+                process_index=jax.process_index(), process_count=jax.process_count()))
+            self._eval_batches = [
+                {k: jax.make_array_from_process_local_data(self.batch_sharding, v)
+                 for k, v in next(it).items()} for _ in range(ecfg.batches)]
+            self._eval_fn = jax.jit(functools.partial(eval_step, graphdef=self.graphdef,
+                                                      loss_chunk=self.cfg.opt.loss_chunk))
+        sums = [jax.device_get(self._eval_fn(self.state["params"], b))
+                for b in self._eval_batches]
+        loss = sum(float(m["eval/loss_sum"]) for m in sums) / max(
+            1.0, sum(float(m["eval/loss_tokens"]) for m in sums))
+        self.writer.write_eval(self.name, step, loss)
 
     def _report(self, step: int, metrics: dict, tokens: dict, bar) -> None:
         m = {k: float(v) for k, v in jax.device_get(metrics).items()}
@@ -317,6 +345,13 @@ class MetricWriter:
         import time
         now = time.perf_counter()
         self._last, self._t0 = (now - self._t0) if self._t0 is not None else None, now
+
+    def write_eval(self, stage: str, step: int, loss: float) -> None:
+        import json
+        logging.info("stage %s step %d: eval/loss %.4f", stage, step, loss)
+        if self.main:
+            with open(self.path, "a") as f:
+                f.write(json.dumps({"stage": stage, "step": step, "eval/loss": loss}) + "\n")
 
     @staticmethod
     def tokens(batch: dict) -> dict:

@@ -52,7 +52,8 @@ def losses(workdir):
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         for line in f:
             r = json.loads(line)
-            out[(r["stage"], r["step"])] = r["train/loss"]  # a rerun's line replaces the old
+            if "train/loss" in r:  # a rerun's line replaces the old one
+                out[(r["stage"], r["step"])] = r["train/loss"]
     return out
 
 
@@ -107,6 +108,7 @@ def test_two_stages_checkpoint_and_use_their_rope(tmp_path, demo_data, monkeypat
     monkeypatch.setattr(rope_lib, "cos_sin", spy)
     cfg = tiny_config(demo_data, s1=3, s2=2)
     cfg.stages.s1.export_hf = cfg.stages.s2.export_hf = True
+    cfg.eval.update(every_steps=2, batches=1)
     trainer.train_and_evaluate(cfg, str(tmp_path))
     for name, theta in (("s1", 1e4), ("s2", 4e4)):  # each stage's HF export has its RoPE
         with open(tmp_path / "hf" / name / "config.json") as f:
@@ -114,6 +116,10 @@ def test_two_stages_checkpoint_and_use_their_rope(tmp_path, demo_data, monkeypat
         assert rope_lib.rope_from_hf(hf_cfg).theta == theta
     assert {(type(r).__name__, r.theta, t) for r, t in used} == {
         ("DefaultRope", 1e4, 256), ("DefaultRope", 4e4, 512)}
+    with open(tmp_path / "metrics.jsonl") as f:
+        evals = [json.loads(x) for x in f if "eval/loss" in x]
+    assert [(e["stage"], e["step"]) for e in evals] == [("s1", 1), ("s1", 2), ("s2", 1)]
+    assert all(np.isfinite(e["eval/loss"]) for e in evals)
     root = str(tmp_path / "ckpt")
     for name, steps, theta in (("s1", 3, 1e4), ("s2", 2, 4e4)):
         mgr = ckpt_lib.StageCheckpoints(root, name, async_save=False)
