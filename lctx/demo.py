@@ -1,0 +1,221 @@
+r"""The end-to-end demo: He et al. 2025 in miniature on a CPU, resumable phase by phase.
+
+    python3 -m lctx.train --config=configs/demo.py --workdir=runs/demo
+
+Phases (each ends by writing `<workdir>/phases/<phase>.json` atomically; a rerun, also after
+kill -9, skips every phase whose marker exists and resumes the one that was cut):
+  corpus      KJV passages (or demo.corpus) -> corpus/docs.jsonl
+  tokenizer   SentencePiece trained on the corpus -> tokenizer/sp.model
+  data        per stage: datagen conversations at the stage length + RULER-format retrieval
+  train-<s>   stage s (the first from scratch at the base length, each later one from the
+              previous stage's final checkpoint with its own length and RoPE)
+  eval-<m>    RULER subset at demo.eval_lengths for: base, base + zero-shot RoPE scaling
+              (the last stage's RoPE on the base weights) and every later stage
+  report      results/*.json, ruler_curves.png, summary.txt/json, stage_metrics.json
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from typing import Any, Callable
+
+from lctx import demo_data
+
+log = logging.getLogger("lctx.demo")
+
+
+# ---- phase markers ------------------------------------------------------------------------
+
+class Phases:
+    """Runs named phases once per workdir; a marker (JSON, written atomically) records each."""
+
+    def __init__(self, workdir: str):
+        self.dir = os.path.join(workdir, "phases")
+        os.makedirs(self.dir, exist_ok=True)
+        self.ran: list[str] = []
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.dir, f"{name}.json")
+
+    def done(self, name: str) -> bool:
+        return os.path.exists(self.path(name))
+
+    def get(self, name: str) -> dict[str, Any]:
+        with open(self.path(name), encoding="utf-8") as f:
+            return json.load(f)
+
+    def run(self, name: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        if self.done(name):
+            log.info("phase %-16s cached (%s)", name, self.path(name))
+            return self.get(name)["result"]
+        log.info("phase %-16s start", name)
+        t0 = time.time()
+        result = fn()
+        secs = time.time() - t0
+        demo_data._atomic_write(self.path(name), json.dumps(
+            {"phase": name, "seconds": round(secs, 2), "finished": time.strftime(
+                "%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "result": result}, indent=1))
+        self.ran.append(name)
+        log.info("phase %-16s done in %.1f s", name, secs)
+        return result
+
+
+def _ints(s: str) -> list[int]:
+    return [int(x) for x in str(s).split(",") if x.strip()]
+
+
+def _names(s: str) -> list[str]:
+    return [x.strip() for x in str(s).split(",") if x.strip()]
+
+
+# ---- the run -------------------------------------------------------------------------------
+
+def run(cfg, workdir: str) -> dict[str, Any]:
+    """Runs (or resumes) every phase of the demo config `cfg` in `workdir`; returns the
+    summary (also in `<workdir>/summary.json`)."""
+    d = cfg.demo
+    stages = sorted(cfg.stages.keys())
+    if len(stages) < 2:
+        raise ValueError("the demo needs a base stage and at least one extension stage in "
+                         "cfg.stages")
+    os.makedirs(workdir, exist_ok=True)
+    ph = Phases(workdir)
+    t_start = time.time()
+    corpus = ph.run("corpus", lambda: demo_data.build_corpus(
+        d.corpus, int(d.doc_words), int(d.max_docs), os.path.join(workdir, "corpus",
+                                                                   "docs.jsonl")))
+    tok = ph.run("tokenizer", lambda: {"path": demo_data.train_tokenizer(
+        os.path.splitext(corpus["path"])[0] + ".txt", int(cfg.model.vocab_size),
+        os.path.join(workdir, "tokenizer", "sp"))})["path"]
+    data = ph.run("data", lambda: build_data(cfg, workdir, corpus["path"], tok))
+    run_cfg = training_config(cfg, data, tok)
+    lengths = _ints(d.eval_lengths)
+    base = stages[0]
+    zero_rope = (json.loads(d.zero_shot_rope) if d.zero_shot_rope else
+                 cfg.stages[stages[-1]].rope.to_dict())
+    models = {"base": dict(stage=base), "zero-shot": dict(stage=base, rope=zero_rope)}
+    models.update({s: dict(stage=s) for s in stages[1:]})
+    for i, s in enumerate(stages):
+        ph.run(f"train-{s}", lambda i=i: train_stages(run_cfg, workdir, stages[:i + 1]))
+        for m, spec in models.items():
+            if spec["stage"] == s:
+                ph.run(f"eval-{m}", lambda m=m, spec=spec: evaluate(
+                    workdir, m, spec, tok, lengths, d))
+    summary = ph.run("report", lambda: report(workdir, cfg, list(models), lengths))
+    log.info("demo finished in %.1f s (phases run now: %s)", time.time() - t_start,
+             ph.ran or "none, all cached")
+    print(open(os.path.join(workdir, "summary.txt"), encoding="utf-8").read())
+    return summary
+
+
+def build_data(cfg, workdir: str, docs_path: str, tok: str) -> dict[str, Any]:
+    """Every stage's shards: datagen conversations + retrieval records at its length."""
+    d = cfg.demo
+    stages = sorted(cfg.stages.keys())
+    bs = int(cfg.data.batch_size)
+    lengths, samples, plan = {}, {}, {}
+    for s in stages:
+        st = cfg.stages[s]
+        rows = int(st.steps) * bs  # rows one epoch of the stage needs
+        n_ret = int(round(rows * float(d.retrieval_share)))
+        n_conv = max(8, int(round(rows * (1 - float(d.retrieval_share)) / float(d.epochs))))
+        lengths[int(st.seq_len)], samples[int(st.seq_len)] = s, n_conv
+        plan[s] = (int(st.seq_len), n_ret)
+    if len(lengths) != len(stages):
+        raise ValueError("demo stages need distinct seq_len values")
+    out_dir = os.path.join(workdir, "data")
+    conv = demo_data.build_conversations(docs_path, tok, lengths, samples, out_dir, d)
+    out: dict[str, Any] = {"paths": {}, "counts": conv["counts"]}
+    tasks = _names(d.train_tasks)
+    for s in stages:
+        paths = list(conv["paths"][s])
+        L, n_ret = plan[s]
+        if n_ret and tasks:
+            p = os.path.join(out_dir, s, "retrieval.arrayrecord")
+            # Retrieval at this length and at half of it: both RULER budgets are seen.
+            ls = sorted({max(int(d.min_retrieval_len), L // 2), L})
+            n = demo_data.retrieval_records(tasks, ls, n_ret, tok, int(d.seed) + 1000, p)
+            out["counts"][s]["retrieval"] = {"records": n, "lengths": ls, "tasks": tasks}
+            paths.append(p)
+        out["paths"][s] = paths
+    return out
+
+
+def training_config(cfg, data: dict[str, Any], tok: str):
+    """The trainer's config: demo section dropped, data paths and tokenizer filled in."""
+    import ml_collections as mc
+    c = mc.ConfigDict(cfg.to_dict())
+    del c["demo"]
+    c.data.builder = ""
+    c.data.tokenizer = tok
+    stages = sorted(c.stages.keys())
+    c.data.path = ",".join(data["paths"][stages[0]])
+    for s in stages:
+        c.stages[s].data_path = ",".join(data["paths"][s])
+    return c
+
+
+def train_stages(run_cfg, workdir: str, stages: list[str]) -> dict[str, Any]:
+    """Trains up to the last of `stages` (the trainer resumes finished work itself)."""
+    import ml_collections as mc
+
+    from lctx import trainer
+    c = mc.ConfigDict(run_cfg.to_dict())
+    for s in list(c.stages.keys()):
+        if s not in stages:
+            del c.stages[s]
+    t0 = time.time()
+    res = trainer.train_and_evaluate(c, workdir)
+    return {"stage": stages[-1], "metrics": res.get(stages[-1], {}),
+            "seconds": round(time.time() - t0, 2)}
+
+
+class ChatPromptRunner:
+    """Feeds RULER prompts to an lctx model in the chat format it was trained on: the task
+    as the user turn, RULER's answer prefix as the assistant's prefill (token ids)."""
+
+    def __init__(self, inner, tokenizer_path: str):
+        from lctx.tokenizer import ChatFormat, load_tokenizer
+        self.inner = inner
+        self.fmt = ChatFormat(load_tokenizer(tokenizer_path))
+        self.max_model_len = inner.max_len
+
+    def generate(self, prompts, max_new_tokens: int, stop=()):
+        ids = []
+        for p in prompts:
+            user, prefix = demo_data.split_prompt(p)
+            ids.append(self.fmt.render_prompt([{"role": "user", "content": user}], prefix))
+        return self.inner.generate(ids, max_new_tokens, stop)
+
+
+def evaluate(workdir: str, name: str, spec: dict, tok: str, lengths: list[int], d
+             ) -> dict[str, Any]:
+    """RULER subset for one model; results in <workdir>/results/<name>.json."""
+    from evals.ruler.text import load_tokenizer
+    from evals.runners.lctx_runner import LctxRunner
+
+    from lctx import demo_ruler
+    # Window: the longest length plus the chat headers around the prompt.
+    inner = LctxRunner(os.path.join(workdir, "ckpt", spec["stage"]), tokenizer=tok,
+                       rope=spec.get("rope"), max_model_len=max(lengths) + 32,
+                       batch_size=int(d.eval_batch), progress=False)
+    doc = demo_ruler.run(ChatPromptRunner(inner, tok), model=name,
+                         tokenizer=load_tokenizer(tok), tokenizer_name=os.path.basename(tok),
+                         lengths=lengths, tasks=_names(d.eval_tasks),
+                         num_samples=int(d.eval_samples), out=os.path.join(workdir, "eval", name),
+                         chat_template=demo_data.CHAT_SPLIT_TEMPLATE,
+                         batch_size=int(d.eval_batch))
+    inner.close()
+    from evals import scoring
+    path = os.path.join(workdir, "results", f"{name}.json")
+    scoring.write_json(path, doc)
+    s = doc["summary"]
+    log.info("eval %s: per-length %s, effective length %s", name,
+             {k: round(v, 1) for k, v in s["length_means"].items()}, s["effective_length"])
+    return {"results": path, "length_means": s["length_means"],
+            "effective_length": s["effective_length"], "rope": spec.get("rope")}
+
+
+from lctx.demo_report import report  # noqa: E402  (the report phase lives beside)

@@ -1,0 +1,170 @@
+"""The demo's inputs: corpus passages, its SentencePiece tokenizer and per-stage training data.
+
+Training data of a stage of length T (He et al. 2025 in miniature):
+  * hierarchical single- and multi-document instruction conversations of about T tokens,
+    built by `datagen.pipeline.build_dataset` (offline extractive backend by default, or a
+    vLLM / OpenAI-compatible endpoint), and
+  * a share of RULER-format retrieval conversations (needle-in-a-haystack and variable
+    tracking drawn by `evals.ruler` with a training seed, never the evaluation seed). A tiny
+    model learns no retrieval skill from a few minutes of QA alone; these stand in for the
+    short-context ability the paper's base model (Llama-3.1-8B-Instruct) already has.
+JAX-free.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any, Sequence
+
+from lctx import records
+
+log = logging.getLogger("lctx.demo")
+
+# Splits a RULER prompt into the user turn and the assistant's answer prefix: the evals
+# accept a literal chat template holding `{task_template}`; this character is in no prompt.
+SEP = "\u241e"
+CHAT_SPLIT_TEMPLATE = "{task_template}" + SEP
+
+
+def _atomic_write(path: str, text: str) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def passages(units: Sequence[tuple[str, str]], doc_words: int) -> list[tuple[str, str]]:
+    """Groups consecutive (group id, text) units into documents of about `doc_words` words,
+    never across a group (a KJV book, a corpus document). Returns (doc id, text)."""
+    out: list[tuple[str, str]] = []
+    cur_id, cur, n, part = None, [], 0, 0
+    for gid, text in list(units) + [(None, "")]:
+        if cur and (gid != cur_id or n >= doc_words):
+            out.append((f"{cur_id}/{part:04d}", " ".join(cur)))
+            part = part + 1 if gid == cur_id else 0
+            cur, n = [], 0
+        if gid is None:
+            break
+        cur_id = gid
+        cur.append(text)
+        n += len(text.split())
+    return out
+
+
+def corpus_units(spec: str) -> list[tuple[str, str]]:
+    """(group, unit text) pairs: KJV verses by book, or a corpus's documents by sentence."""
+    if spec == "kjv":
+        from lctx.corpora import kjv_verses
+        return [(b, t) for b, _, _, t in kjv_verses()]
+    from datagen.chunking import sentences
+    from datagen.corpus import load_corpus
+    docs, skips = load_corpus(spec)
+    if not docs:
+        raise ValueError(f"demo.corpus={spec!r} has no usable documents ({len(skips)} skipped)")
+    return [(d.doc_id, s) for d in docs for s in sentences(d.text)]
+
+
+def build_corpus(spec: str, doc_words: int, max_docs: int, out_path: str) -> dict[str, Any]:
+    """Writes the demo documents (JSONL: id, text) and the tokenizer text; returns counts.
+
+    `max_docs` documents are taken evenly spaced over the corpus (every k-th passage), so a
+    small demo still sees the whole book range.
+    """
+    if doc_words < 16:
+        raise ValueError(f"demo.doc_words={doc_words} is too small; use >= 16")
+    units = corpus_units(spec)
+    docs = passages(units, doc_words)
+    stride = max(1, len(docs) // max(1, max_docs))
+    picked = docs[::stride][:max_docs]
+    _atomic_write(out_path, "".join(json.dumps({"id": i, "text": t}, ensure_ascii=False) + "\n"
+                                    for i, t in picked))
+    _atomic_write(os.path.splitext(out_path)[0] + ".txt", "\n".join(t for _, t in units))
+    return {"corpus": spec, "units": len(units), "passages": len(docs), "documents":
+            len(picked), "words": sum(len(t.split()) for _, t in picked), "path": out_path}
+
+
+def read_docs(path: str):
+    from datagen.corpus import Document
+    with open(path, encoding="utf-8") as f:
+        return [Document(r["id"], r["text"], "demo") for r in map(json.loads, f)]
+
+
+def train_tokenizer(corpus_txt: str, vocab_size: int, out_prefix: str) -> str:
+    """SentencePiece BPE (with the Llama-3 chat specials) on the corpus text."""
+    from lctx.tokenizer import train_sentencepiece
+    with open(corpus_txt, encoding="utf-8") as f:
+        return train_sentencepiece(f.read(), vocab_size, out_prefix)
+
+
+def datagen_config(d: Any):
+    """The datagen settings of the miniature: the paper's algorithm, small chunk sizes."""
+    from datagen.config import Config
+    return Config(min_chars=40, small_tokens=int(d.small_tokens), small_per_medium=2,
+                  words_small=12, words_medium=16, words_global=20,
+                  n_hierarchical=int(d.qa_hierarchical), n_diverse=int(d.qa_diverse),
+                  n1=1, n2=2, n3=1, batch_docs=64, length_tolerance=0.25,
+                  samples_per_length=1, seed=int(d.seed))
+
+
+def build_conversations(docs_path: str, tokenizer: str, lengths: dict[int, str],
+                        samples: dict[int, int], out_dir: str, d: Any) -> dict[str, Any]:
+    """datagen conversations for every stage length; returns {stage: [shard paths]}."""
+    from datagen.backends import make_backend
+    from datagen.pipeline import build_dataset
+    kw = {}
+    if d.backend != "extractive":
+        kw = {k: v for k, v in (("model", d.backend_model), ("base_url", d.backend_url)) if v}
+    backend = make_backend(d.backend, **kw)
+    manifest = build_dataset(read_docs(docs_path), tokenizer, backend, sorted(lengths), out_dir,
+                             datagen_config(d), names=lengths, samples=samples,
+                             progress=bool(d.progress))
+    out: dict[str, Any] = {"paths": {}, "counts": {}}
+    for length, info in manifest["lengths"].items():
+        stage = lengths[int(length)]
+        out["paths"][stage] = [os.path.join(out_dir, info["file"])]
+        out["counts"][stage] = {"conversations": info["conversations"],
+                                "tokens": info["tokens"], "rejected": info["rejected"]}
+        if info["conversations"] == 0:
+            raise RuntimeError(f"datagen wrote no {length}-token conversations "
+                               f"({info['rejected']}); raise demo.max_docs or demo.doc_words")
+    return out
+
+
+def split_prompt(text: str) -> tuple[str, str]:
+    """A RULER prompt rendered with CHAT_SPLIT_TEMPLATE -> (user turn, answer prefix)."""
+    if SEP not in text:
+        raise ValueError("prompt lacks the demo's separator: prepare it with "
+                         "chat_template=CHAT_SPLIT_TEMPLATE")
+    user, prefix = text.split(SEP, 1)
+    return user.strip(), prefix.strip()
+
+
+def retrieval_records(tasks: Sequence[str], lengths: Sequence[int], n: int, tokenizer_path: str,
+                      seed: int, out_path: str) -> int:
+    """`n` RULER-format retrieval conversations spread over tasks x lengths, one shard.
+
+    Drawn with `seed` (the evaluation uses RULER's 42): the same generators, other needles.
+    """
+    from evals.ruler.text import PieceCounter, load_tokenizer
+
+    from lctx import demo_ruler
+    tok = load_tokenizer(tokenizer_path)
+    counter = PieceCounter(tok)
+    cells = [(t, L) for t in tasks for L in lengths]
+    recs = []
+    for c, (task, length) in enumerate(cells):
+        k = n // len(cells) + (1 if c < n % len(cells) else 0)
+        if k == 0:
+            continue
+        cseed = seed + 7919 * c
+        for s in demo_ruler.prepare(task, length, k, tok, counter, CHAT_SPLIT_TEMPLATE, cseed):
+            user, prefix = split_prompt(s["input"])
+            answer = f"{prefix} {', '.join(s['outputs'])}".strip()
+            recs.append(records.make_record(
+                f"{task}/{length}/{s['index']:05d}",
+                [{"role": "user", "content": user}, {"role": "assistant", "content": answer}],
+                {"task": task, "length_target": length, "seed": cseed}))
+    records.write_array_record(out_path, recs)
+    return len(recs)
