@@ -68,7 +68,11 @@ def main(argv) -> None:
     log_layout(cfg)
     from lctx import trainer
     try:
-        results = trainer.train_and_evaluate(cfg, workdir)
+        if "demo" in cfg:  # configs/demo.py: the end-to-end pipeline (data, stages, RULER)
+            from lctx import demo
+            results = demo.run(cfg, workdir)
+        else:
+            results = trainer.train_and_evaluate(cfg, workdir)
     except trainer.NonFiniteLoss as e:
         logging.error("%s", e)
         sys.exit(3)
