@@ -57,17 +57,35 @@ def losses(workdir):
     return out
 
 
-def cli(workdir, demo_data, *extra, env=None):
+CLI_CONFIG = """
+from configs import common
+
+
+def get_config(arg=None):
+    c = common.base_config()
+    c.model.update(vocab_size=1024, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2,
+                   head_dim=8, mlp_dim=64, max_seq_len=512)
+    c.mesh.update(data=-1, fsdp=1)
+    c.data.update(path={path!r}, tokenizer={tok!r}, batch_size=8)
+    c.opt.update(lr=3e-3, warmup_steps=2, loss_chunk=128)
+    c.ckpt.update(every_steps=2, keep=3, async_save=False)
+    c.log.progress = False
+    c.stages.s1 = common.stage(seq_len=256, steps=6, rope_cfg=common.rope(theta=1e4),
+                               export_hf=False)
+    c.stages.s2 = common.stage(seq_len=512, steps=3, rope_cfg=common.rope(theta=4e4),
+                               carry_opt_state=True, export_hf=False)
+    return c
+"""
+
+
+def cli(workdir, demo_data, *extra):
+    """The real entry point on a tiny two-stage config file (written next to the workdir)."""
     path, tok = demo_data
-    return [sys.executable, "-m", "lctx.train", "--config=configs/demo.py:quick",
-            f"--workdir={workdir}", "--config.data.builder=", f"--config.data.path={path}",
-            f"--config.data.tokenizer={tok}", "--config.model.d_model=32",
-            "--config.model.n_layers=2", "--config.model.head_dim=8", "--config.model.mlp_dim=64",
-            "--config.model.max_seq_len=512", "--config.stages.s1.seq_len=256",
-            "--config.stages.s2.seq_len=512", "--config.stages.s1.export_hf=False",
-            "--config.stages.s2.export_hf=False", "--config.stages.s1.steps=6",
-            "--config.stages.s2.steps=3", "--config.ckpt.every_steps=2",
-            "--config.ckpt.async_save=False", "--config.log.progress=False", *extra]
+    cfg_file = os.path.join(os.path.dirname(workdir), "tiny_cfg.py")
+    with open(cfg_file, "w") as f:
+        f.write(CLI_CONFIG.format(path=path, tok=tok))
+    return [sys.executable, "-m", "lctx.train", f"--config={cfg_file}",
+            f"--workdir={workdir}", *extra]
 
 
 def _env(n_devices=1, **kw):
