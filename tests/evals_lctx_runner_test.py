@@ -14,6 +14,13 @@ from lctx import rope as rope_lib
 from lctx.model import Llama, ModelConfig
 
 M = 10  # new tokens per prompt
+# Runner and reference share one ModelConfig (blockwise, 16-token blocks), so jitted programs
+# of equal shapes are compiled once; lengths 5..40 share the 64 bucket, 70 takes 128.
+RUN = dict(min_bucket=64, block_q=16, block_k=16, progress=False)
+
+
+def load(model_dir, **kw):
+    return hf.load_hf(model_dir, attn_impl="blockwise", block_q=16, block_k=16, **kw)[1]
 
 
 def tiny_cfg(**kw):
@@ -52,7 +59,7 @@ def reference(model, tok, ids, n_new=M):
 
 def with_eot_stops(model_dir, tok, prompts, out_dir):
     """A copy of the model where eot outscores the token greedy emits most, so rows stop."""
-    cfg, model = hf.load_hf(model_dir, attn_impl="blockwise", block_q=16, block_k=16)
+    model = load(model_dir)
     outs = [reference(model, tok, p) for p in prompts]
     common = max(set(sum(outs, [])), key=sum(outs, []).count)
     w = np.array(model.unembed[...])
@@ -66,13 +73,12 @@ def test_batched_equals_lctx_generate_one_by_one(export, prompts, tmp_path):
     from evals.runners.lctx_runner import LctxRunner
     model_dir, tok = export
     model_dir = with_eot_stops(model_dir, tok, prompts, str(tmp_path / "stops"))
-    _, model = hf.load_hf(model_dir, attn_impl="blockwise", block_q=16, block_k=16)
+    model = load(model_dir)
     want = [reference(model, tok, p) for p in prompts]
     assert any(len(w) < M for w in want), "no row stops at eos: the test would not mean it"
     assert any(len(w) == M for w in want), "every row stops: the budget is never reached"
     for bs in (1, 3):
-        r = LctxRunner(model_dir, batch_size=bs, min_bucket=16, block_q=16, block_k=16,
-                       progress=False)
+        r = LctxRunner(model_dir, batch_size=bs, **RUN)
         assert r.generate_ids(prompts, M) == want, f"batch_size={bs}"
     texts = r.generate(prompts, M)
     assert texts == [tok.decode(w) for w in want]
@@ -85,7 +91,7 @@ def test_batched_equals_lctx_generate_one_by_one(export, prompts, tmp_path):
 def test_stop_strings_and_special_tokens(export, prompts):
     from evals.runners.lctx_runner import LctxRunner
     model_dir, tok = export
-    r = LctxRunner(model_dir, batch_size=2, min_bucket=16, progress=False)
+    r = LctxRunner(model_dir, batch_size=2, **RUN)
     full = r.generate(prompts[:2], 16)
     stop = full[0][len(full[0]) // 2:len(full[0]) // 2 + 2]
     assert stop.strip(), full
@@ -100,7 +106,7 @@ def test_stop_strings_and_special_tokens(export, prompts):
 def test_bad_inputs_are_clear(export, prompts, tmp_path):
     from evals.runners.lctx_runner import LctxRunner
     model_dir, _ = export
-    r = LctxRunner(model_dir, max_model_len=64, min_bucket=16, progress=False)
+    r = LctxRunner(model_dir, max_model_len=64, **RUN)
     assert r.max_len == 64
     with pytest.raises(PromptTooLongError, match=r"prompt 1 has 70 tokens.*max_len=64"):
         r.generate([prompts[1], prompts[2]], 8)
@@ -122,18 +128,18 @@ def test_rope_override_and_length_dependent_rope(export, prompts):
     from evals.runners.lctx_runner import LctxRunner
     model_dir, tok = export
     hf_rope = {"rope_type": "linear", "factor": 8.0, "rope_theta": 10000.0}
-    r = LctxRunner(model_dir, rope_parameters=hf_rope, max_model_len=512, min_bucket=16,
-                   progress=False)
-    assert r.max_len == 512 and r.cfg.rope == rope_lib.make_rope("linear", factor=8.0)
-    _, base = hf.load_hf(model_dir)
-    _, scaled = hf.load_hf(model_dir, rope=rope_lib.make_rope("linear", factor=8.0))
-    want = [reference(scaled, tok, p) for p in prompts[:3]]
-    assert want != [reference(base, tok, p) for p in prompts[:3]], "override must matter"
-    assert r.generate_ids(prompts[:3], M) == want
+    r = LctxRunner(model_dir, rope_parameters=hf_rope, **RUN)
+    assert r.cfg.rope == rope_lib.make_rope("linear", factor=8.0)
+    base = load(model_dir)
+    scaled = load(model_dir, rope=rope_lib.make_rope("linear", factor=8.0))
+    want = [reference(scaled, tok, p) for p in prompts[:2]]
+    assert want != [reference(base, tok, p) for p in prompts[:2]], "override must matter"
+    assert r.generate_ids(prompts[:2], M) == want
     # dynamic NTK depends on the current length: one prompt at a time, unpadded.
     dyn = {"type": "dynamic", "theta": 10000.0, "factor": 4.0, "max_position_embeddings": 32}
-    r = LctxRunner(model_dir, rope=dyn, min_bucket=16, progress=False)
-    _, model = hf.load_hf(model_dir, rope=rope_lib.make_rope(**dyn))
+    r = LctxRunner(model_dir, rope=dyn, max_model_len=512, **RUN)
+    assert r.max_len == 512
+    model = load(model_dir, rope=rope_lib.make_rope(**dyn), max_seq_len=512)
     assert r.generate_ids(prompts[:2], M) == [reference(model, tok, p) for p in prompts[:2]]
 
 
@@ -162,12 +168,11 @@ def test_training_checkpoint_and_sharded_params(export, prompts, tmp_path, sp_mo
     mgr.save(7, state, None, {"stage": "s1", "step": 7, "finished": True,
                               "rope": {"type": "default", "theta": 10000.0}})
     mgr.close()
-    want = LctxRunner(model_dir, min_bucket=16, progress=False).generate_ids(prompts, M)
-    r = LctxRunner(workdir, min_bucket=16, progress=False)
+    want = LctxRunner(model_dir, **RUN).generate_ids(prompts, M)
+    r = LctxRunner(workdir, **RUN)
     assert r.meta["step"] == 7 and r.tokenizer.vocab_size == tok.vocab_size
     assert r.generate_ids(prompts, M) == want
-    r2 = LctxRunner(os.path.join(workdir, "ckpt", "s1"), devices=2, min_bucket=16,
-                    progress=False)
+    r2 = LctxRunner(os.path.join(workdir, "ckpt", "s1"), devices=2, **RUN)
     emb = r2.model.embed[...]
     assert len(emb.sharding.device_set) == 2
     assert r2.generate_ids(prompts, M) == want
