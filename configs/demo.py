@@ -27,20 +27,19 @@ def get_config(arg=None):
         raise ValueError(f"demo variant {a.variant!r}; expected full or smoke")
     full = a.variant == "full"
     c = common.base_config()
-    c.model.update(vocab_size=1024, d_model=128 if full else 32, n_layers=4 if full else 2,
-                   n_heads=4, n_kv_heads=2, head_dim=32 if full else 8,
-                   mlp_dim=384 if full else 64)
+    c.model.update(vocab_size=1024, d_model=128 if full else 32, n_layers=2, n_heads=4,
+                   n_kv_heads=2, head_dim=32 if full else 8, mlp_dim=256 if full else 64)
     c.model.max_seq_len = 1536 if full else 768
     c.rope = common.rope(theta=10_000.0)
     c.mesh.update(data=-1, fsdp=1)  # CPU: plain data parallel over the local devices
     c.data.update(builder="", batch_size=8)  # paths and tokenizer: filled in by lctx.demo
-    c.opt.update(lr=1e-3, warmup_steps=20 if full else 2, schedule="cosine", end_lr_frac=0.1,
+    c.opt.update(lr=2e-3, warmup_steps=20 if full else 2, schedule="cosine", end_lr_frac=0.1,
                  clip_norm=1.0)
     c.ckpt.update(every_steps=50, keep=2, async_save=False)
     c.eval.update(every_steps=50 if full else 0, batches=2)  # fixed-batch loss (training data)
     c.log.update(progress=True)
     # Stage lengths double, theta quadruples (NTK-style base growth per 2x); Adam carried.
-    steps = (600, 200, 150) if full else (12, 4)
+    steps = (300, 80, 60) if full else (12, 4)
     lens = (384, 768, 1536) if full else (384, 768)
     for i, (n, T) in enumerate(zip(steps, lens)):
         c.stages[f"s{i + 1}_{T}"] = common.stage(
@@ -61,7 +60,7 @@ def get_config(arg=None):
         min_retrieval_len=384,  # shortest retrieval length drawn (RULER budget, tokens)
         eval_tasks="niah_single_1,niah_single_2,niah_multikey_2" if full else "niah_single_1",
         eval_lengths="384,768,1536,3072" if full else "384,768",
-        eval_samples=24 if full else 2,  # per task and length
+        eval_samples=12 if full else 2,  # per task and length
         eval_batch=8,
         zero_shot_rope="",  # JSON rope for the zero-shot baseline ('' = last stage's)
         seed=0, progress=True)

@@ -59,12 +59,14 @@ def report(workdir: str, cfg, models: Sequence[str], lengths: Sequence[int]) -> 
     # Curves: every model; per-task panel of the last stage (the model the demo builds).
     plot_lib.plot([docs[-1]] + docs[:-1], os.path.join(workdir, "ruler_curves.png"))
     metrics = stage_metrics(workdir)
-    phases = {}
+    marks = []
     pdir = os.path.join(workdir, "phases")
-    for f in sorted(os.listdir(pdir)):
+    for f in os.listdir(pdir):
         if f.endswith(".json"):
             with open(os.path.join(pdir, f), encoding="utf-8") as fh:
-                phases[f[:-5]] = json.load(fh)["seconds"]
+                m = json.load(fh)
+            marks.append((m["finished"], m["phase"], m["seconds"]))
+    phases = {name: secs for _, name, secs in sorted(marks)}  # in the order they ran
     means = {d["model"]: d["summary"]["length_means"] for d in docs}
     x4 = 4 * base_len
     last = stages[-1]
