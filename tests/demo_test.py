@@ -155,3 +155,19 @@ def test_smoke_demo_resumes_after_sigkill_and_reruns_nothing(tmp_path):
     out = _finish(_run(wd, 600))
     assert "phases run now: none, all cached" in out
     assert len((wd / "metrics.jsonl").read_text().splitlines()) == n_metrics
+
+
+def test_user_corpus_by_config(tmp_path):
+    """demo.corpus may name any datagen corpus (here a JSONL file) instead of the KJV."""
+    src = tmp_path / "c.jsonl"
+    text = "Alpha met Beta at the river. " * 30
+    src.write_text("".join(json.dumps({"id": f"d{i}", "text": f"Doc {i}. " + text}) + "\n"
+                           for i in range(3)))
+    info = demo_data.build_corpus(str(src), doc_words=40, max_docs=4,
+                                  out_path=str(tmp_path / "out" / "docs.jsonl"))
+    docs = demo_data.read_docs(info["path"])
+    assert info["documents"] == len(docs) == 4 and info["passages"] >= 6
+    assert all(len(d.text.split()) <= 46 for d in docs)  # about doc_words, at sentence ends
+    assert (tmp_path / "out" / "docs.txt").read_text().startswith("Doc 0.")
+    with pytest.raises(ValueError, match="doc_words"):
+        demo_data.build_corpus(str(src), doc_words=4, max_docs=4, out_path=str(tmp_path / "x"))
