@@ -60,6 +60,7 @@ def test_blockwise_matches_dense(causal, n, kh, pos):
     np.testing.assert_allclose(g, g_ref, atol=F32_OP, rtol=0)
 
 
+@pytest.mark.slow
 def test_blockwise_queries_against_longer_keys():
   """T != S (a chunk of queries against a cache): same result as dense."""
   q, k, v, seg, _, pos, _ = _inputs(t=32)
@@ -86,7 +87,7 @@ def test_dense_matches_naive_softmax():
 
 def test_block_attend_logsumexp():
   args = _inputs(b=1, t=24, segs="one", pos="plain")
-  out, lse = A.block_attend(*args, causal=True, scale=0.37)
+  out, lse = jax.jit(functools.partial(A.block_attend, causal=True, scale=0.37))(*args)
   q, k = args[0], args[1]
   s = jnp.einsum("btnh,bsnh->bnts", q, jnp.repeat(k, 2, axis=2)) * 0.37
   s = jnp.where(jnp.tril(jnp.ones((24, 24), bool)), s, -jnp.inf)
@@ -104,6 +105,7 @@ def test_masking_follows_ids_not_index():
                                atol=F32_OP, rtol=0)
 
 
+@pytest.mark.slow
 def test_query_without_keys_gives_zero_and_finite_grads():
   q, k, v, seg, _, pos, _ = _inputs(t=16, segs="one", pos="plain")
   q_seg = seg.at[:, :4].set(7)  # segment 7 has no keys
@@ -116,6 +118,7 @@ def test_query_without_keys_gives_zero_and_finite_grads():
     assert all(bool(jnp.isfinite(g).all()) for g in grads)
 
 
+@pytest.mark.slow
 def test_bf16_runs_with_fp32_statistics():
   args = _inputs(dtype=jnp.bfloat16)
   bw = functools.partial(A.blockwise_attention, block_q=8, block_k=8)
