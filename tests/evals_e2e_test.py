@@ -80,10 +80,12 @@ def test_lctx_and_vllm_runners_agree_on_ruler(tmp_path, kjv_text):
     for out, doc in (("lctx", doc_l), ("vllm", doc_v)):
         with open(tmp_path / out / "results.json") as f:
             assert json.load(f) == json.loads(json.dumps(doc))
-        assert doc["schema"] == "lctx.ruler_results/v1" and set(doc["scores"][str(LENGTHS[0])]) == set(TASKS)
+        assert doc["schema"] == "lctx.ruler_results/v1"
+        assert set(doc["scores"][str(LENGTHS[0])]) == set(TASKS)
     print(f"\nagreement {same}/{total}; seconds {timings}")
     for d in diffs:
         print("differs:", d)
-    assert any(r["pred"].strip() for t in TASKS for r in
-               _read(str(tmp_path / "lctx"), "preds", t, LENGTHS[0])), "nothing generated"
+    preds_l = [r["pred"] for t in TASKS for r in _read(str(tmp_path / "lctx"), "preds", t,
+                                                       LENGTHS[0])]
+    assert len(set(preds_l)) > 1, f"prompt-independent predictions: {preds_l}"
     assert same >= total - 1, diffs
