@@ -124,6 +124,7 @@ def test_bad_inputs_are_clear(export, prompts, tmp_path):
         LctxRunner(str(tmp_path))
 
 
+@pytest.mark.slow
 def test_rope_override_and_length_dependent_rope(export, prompts):
     from evals.runners.lctx_runner import LctxRunner
     model_dir, tok = export
@@ -143,6 +144,7 @@ def test_rope_override_and_length_dependent_rope(export, prompts):
     assert r.generate_ids(prompts[:2], M) == [reference(model, tok, p) for p in prompts[:2]]
 
 
+@pytest.mark.slow
 def test_training_checkpoint_and_sharded_params(export, prompts, tmp_path, sp_model_path):
     """A trainer-layout workdir (config.json + ckpt/<stage>/<step>/{state,meta}) loads the
     same weights as the HF export; parameters sharded over 2 devices give the same tokens."""

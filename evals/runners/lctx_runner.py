@@ -182,7 +182,6 @@ class LctxRunner:
       devices: number of devices (or a device list) to shard the parameters over; None: 1.
       batch_size: prompts per generate call.
       min_bucket: the smallest static prompt length.
-      dtype: compute dtype (default: the checkpoint's, float32).
       stage, step: which checkpoint of an lctx run (default: the latest).
       progress: show a tqdm bar per `generate` call.
     """
@@ -191,7 +190,7 @@ class LctxRunner:
                  rope_parameters: Any = None, max_model_len: int | None = None,
                  attn_impl: str = "blockwise", block_q: int = 512, block_k: int = 512,
                  devices: int | Sequence[Any] | None = None, batch_size: int = 8,
-                 min_bucket: int = 128, dtype: str | None = None, stage: str | None = None,
+                 min_bucket: int = 128, stage: str | None = None,
                  step: int | None = None, progress: bool = True):
         from lctx import hf
         from lctx.tokenizer import load_tokenizer
@@ -211,8 +210,6 @@ class LctxRunner:
                                     "an lctx workdir / ckpt/<stage> directory")
         self.mesh = self._mesh(devices)
         overrides = dict(attn_impl=attn_impl, block_q=block_q, block_k=block_k)
-        if dtype is not None:
-            overrides["dtype"] = dtype
         if _is_hf_dir(model):
             self.cfg, self.model = hf.load_hf(model, mesh=self.mesh, **overrides)
             tokenizer = tokenizer or model
