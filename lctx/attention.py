@@ -118,6 +118,12 @@ def _scores(q_BQKGH, k_BRKH, qs, ks, qp, kp, causal, scale):
 
 
 def _flash_fwd_impl(causal, scale, nq, nk, q_BTNH, k_BSKH, v_BSKH, qs_BT, ks_BS, qp_BT, kp_BS):
+  # Tie the ids to the activations. Under a layer `lax.scan`, linearize hoists every
+  # computation that depends only on loop-invariant inputs (ids made outside the layer) out
+  # of the loop, stacked over all iterations: here the per-block masks of both inner scans,
+  # i.e. O(T^2) memory. The barrier makes the ids as loop-variant as q, so nothing is hoisted.
+  q_BTNH, k_BSKH, v_BSKH, qs_BT, ks_BS, qp_BT, kp_BS = lax.optimization_barrier(
+      (q_BTNH, k_BSKH, v_BSKH, qs_BT, ks_BS, qp_BT, kp_BS))
   b, t, n, h = q_BTNH.shape
   kh = k_BSKH.shape[2]
   g = n // kh
