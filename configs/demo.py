@@ -39,7 +39,7 @@ def get_config(arg=None):
     c.eval.update(every_steps=50 if full else 0, batches=2)  # fixed-batch loss (training data)
     c.log.update(progress=True)
     # Stage lengths double, theta quadruples (NTK-style base growth per 2x); Adam carried.
-    steps = (450, 80, 60) if full else (12, 4)
+    steps = (900, 80, 60) if full else (12, 4)
     lens = (384, 768, 1536) if full else (384, 768)
     for i, (n, T) in enumerate(zip(steps, lens)):
         c.stages[f"s{i + 1}_{T}"] = common.stage(

@@ -31,9 +31,10 @@ log = logging.getLogger("lctx.demo")
 class Phases:
     """Runs named phases once per workdir; a marker (JSON, written atomically) records each."""
 
-    def __init__(self, workdir: str):
+    def __init__(self, workdir: str, fingerprint: str = ""):
         self.dir = os.path.join(workdir, "phases")
         os.makedirs(self.dir, exist_ok=True)
+        self.fingerprint = fingerprint  # of the config: a cached phase from another warns
         self.ran: list[str] = []
 
     def path(self, name: str) -> str:
@@ -49,14 +50,20 @@ class Phases:
     def run(self, name: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         if self.done(name):
             log.info("phase %-16s cached (%s)", name, self.path(name))
-            return self.get(name)["result"]
+            got = self.get(name)
+            if got.get("config") != self.fingerprint:
+                log.warning("phase %s was run with another config; its cached output is "
+                            "used as is (delete %s, or use a new --workdir, to redo it)",
+                            name, self.path(name))
+            return got["result"]
         log.info("phase %-16s start", name)
         t0 = time.time()
         result = fn()
         secs = time.time() - t0
+        done_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         demo_data._atomic_write(self.path(name), json.dumps(
-            {"phase": name, "seconds": round(secs, 2), "finished": time.strftime(
-                "%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "result": result}, indent=1))
+            {"phase": name, "config": self.fingerprint, "seconds": round(secs, 2),
+             "finished": done_at, "result": result}, indent=1))
         self.ran.append(name)
         log.info("phase %-16s done in %.1f s", name, secs)
         return result
@@ -81,7 +88,8 @@ def run(cfg, workdir: str) -> dict[str, Any]:
         raise ValueError("the demo needs a base stage and at least one extension stage in "
                          "cfg.stages")
     os.makedirs(workdir, exist_ok=True)
-    ph = Phases(workdir)
+    import hashlib
+    ph = Phases(workdir, hashlib.sha256(cfg.to_json(sort_keys=True).encode()).hexdigest()[:16])
     t_start = time.time()
     corpus = ph.run("corpus", lambda: demo_data.build_corpus(
         d.corpus, int(d.doc_words), int(d.max_docs), os.path.join(workdir, "corpus",

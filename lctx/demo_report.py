@@ -104,8 +104,8 @@ def summary_text(s: dict[str, Any], docs: Sequence[dict]) -> str:
              f"{_fmt(a['base'])}."]
     if a["zero_shot"] is not None and a["stepwise"] is not None:
         diff = a["stepwise"] - a["zero_shot"]
-        lines.append(f"Stepwise minus zero-shot at 4x: {diff:+.1f} points "
-                     f"({'the paper' + chr(39) + 's direction' if diff > 0 else 'NOT the paper' + chr(39) + 's direction'}).")
+        verdict = "the paper's direction" if diff > 0 else "NOT the paper's direction"
+        lines.append(f"Stepwise minus zero-shot at 4x: {diff:+.1f} points ({verdict}).")
     lines += ["", "Stages:"]
     for name, st in s["stages"].items():
         m = s["stage_metrics"].get(name, {})

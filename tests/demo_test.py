@@ -2,6 +2,7 @@
 test runs the smoke variant, kills it with SIGKILL after the first stage, resumes it, checks
 every artefact and that a third run redoes nothing."""
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -22,12 +23,15 @@ def test_passages_group_and_size():
     assert demo_data.passages([], 5) == []
 
 
-def test_phases_run_once_and_markers_are_atomic(tmp_path):
+def test_phases_run_once_and_markers_are_atomic(tmp_path, caplog):
     calls = []
     ph = demo.Phases(str(tmp_path))
     assert ph.run("x", lambda: calls.append(1) or {"v": 1}) == {"v": 1}
     assert demo.Phases(str(tmp_path)).run("x", lambda: calls.append(2) or {"v": 2}) == {"v": 1}
     assert calls == [1]
+    with caplog.at_level(logging.WARNING, logger="lctx.demo"):
+        demo.Phases(str(tmp_path), "another-config").run("x", lambda: {"v": 3})
+    assert "another config" in caplog.text
     assert sorted(os.listdir(tmp_path / "phases")) == ["x.json"]  # no temp files left
 
     def boom():
