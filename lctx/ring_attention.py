@@ -231,6 +231,11 @@ def _rotate(cfg, xs, reverse=False):
 
 
 def _ring_fwd_impl(cfg, q_BTNH, k_BSKH, v_BSKH, q_seg_BT, k_seg_BS, q_pos_BT, k_pos_BS):
+    # Under a layer `lax.scan`, linearize hoists what depends only on loop-invariant inputs
+    # (ids made outside the layer) out of the loop, stacked: the per-block masks, O(T^2).
+    # Tying the ids to the activations keeps them inside (see lctx.attention._flash_fwd_impl).
+    q_BTNH, k_BSKH, v_BSKH, q_seg_BT, k_seg_BS, q_pos_BT, k_pos_BS = lax.optimization_barrier(
+        (q_BTNH, k_BSKH, v_BSKH, q_seg_BT, k_seg_BS, q_pos_BT, k_pos_BS))
     b, t, n, h = q_BTNH.shape
     kh = k_BSKH.shape[2]
     nq = t // cfg.bq
