@@ -67,8 +67,11 @@ def resolve_paths(path: str) -> list[str]:
 class _Render(grain.transforms.Map):
     """Record bytes -> next-token document arrays (inputs, targets, weights)."""
 
-    def __init__(self, render: RenderFn, seq_len: int, overlong: str, stats: Stats):
+    def __init__(self, render: RenderFn, seq_len: int, overlong: str, stats: Stats,
+                 num_records: int):
         self.render, self.seq_len, self.overlong, self.stats = render, seq_len, overlong, stats
+        # Dropping every record of a whole epoch would make the endless stream spin forever.
+        self.num_records, self.dropped_in_a_row = num_records, 0
 
     def map(self, data: bytes) -> dict[str, np.ndarray] | None:
         rec = records_lib.decode(data)
@@ -83,9 +86,16 @@ class _Render(grain.transforms.Map):
         if len(ids_T) - 1 > self.seq_len:
             if self.overlong == "drop":
                 self.stats.dropped += 1
+                self.dropped_in_a_row += 1
+                if self.dropped_in_a_row >= self.num_records:
+                    raise DataError(
+                        f"all {self.num_records} records are longer than the stage length "
+                        f"seq_len={self.seq_len} (+1) with data.overlong='drop': nothing to "
+                        "train on; use overlong='truncate' or a longer stage")
                 return None
             self.stats.truncated += 1
             ids_T, w_T = ids_T[: self.seq_len + 1], w_T[: self.seq_len + 1]
+        self.dropped_in_a_row = 0
         doc = {"inputs": ids_T[:-1], "targets": ids_T[1:], "weights": w_T[1:]}
         self.stats.tokens += len(doc["inputs"])
         self.stats.loss_tokens += int(doc["weights"].sum())
@@ -172,7 +182,7 @@ def make_dataset(paths: list[str], render: RenderFn, *, seq_len: int, batch_size
         return records_ds[j]
 
     ds = grain.MapDataset.range(n).repeat(None).map_with_index(pick)
-    ds = ds.map(_Render(render, seq_len, overlong, stats)).filter(lambda d: d is not None)
+    ds = ds.map(_Render(render, seq_len, overlong, stats, n)).filter(lambda d: d is not None)
     it = ds.to_iter_dataset()
     if pack:
         lengths = {"inputs": seq_len, "targets": seq_len, "weights": seq_len}

@@ -98,9 +98,17 @@ def test_zigzag_layout(tmp_path):
 def test_overlong_documents_counted(tmp_path, overlong):
     paths = _write(tmp_path, n=10)
     stats = data.Stats()
-    _take(data.make_dataset(paths, _render, seq_len=16, batch_size=2, pack=False,
+    # Rendered records are 19-25 tokens: seq_len 20 keeps a few and cuts or drops the rest.
+    _take(data.make_dataset(paths, _render, seq_len=20, batch_size=2, pack=False,
                             overlong=overlong, stats=stats), 2)
     assert getattr(stats, {"truncate": "truncated", "drop": "dropped"}[overlong]) > 0
+
+
+def test_dropping_every_record_is_an_error_not_a_hang(tmp_path):
+    paths = _write(tmp_path, n=10)  # every rendered record is > 17 tokens
+    with pytest.raises(data.DataError, match="all 10 records are longer"):
+        _take(data.make_dataset(paths, _render, seq_len=16, batch_size=2, pack=False,
+                                overlong="drop"), 1)
 
 
 def test_bad_inputs(tmp_path):
