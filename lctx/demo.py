@@ -216,14 +216,49 @@ def evaluate(workdir: str, name: str, spec: dict, tok: str, lengths: list[int], 
                          chat_template=demo_data.CHAT_SPLIT_TEMPLATE,
                          batch_size=int(d.eval_batch))
     inner.close()
+    # The RULER score is all-or-nothing; the held-out answer loss shows the same comparison
+    # on a continuous scale (same records for every model).
+    losses = {str(T): answer_loss(workdir, spec, tok, T, d) for T in sorted(
+        {min(lengths), 4 * min(lengths)})}
+    doc["answer_loss"] = losses
     from evals import scoring
     path = os.path.join(workdir, "results", f"{name}.json")
     scoring.write_json(path, doc)
     s = doc["summary"]
     log.info("eval %s: per-length %s, effective length %s", name,
              {k: round(v, 1) for k, v in s["length_means"].items()}, s["effective_length"])
-    return {"results": path, "length_means": s["length_means"],
+    log.info("eval %s: held-out answer loss %s", name, losses)
+    return {"results": path, "length_means": s["length_means"], "answer_loss": losses,
             "effective_length": s["effective_length"], "rope": spec.get("rope")}
+
+
+def answer_loss(workdir: str, spec: dict, tok: str, seq_len: int, d, n: int = 32) -> float:
+    """Mean loss per answer token on `n` held-out NIAH conversations of `seq_len` tokens
+    (drawn with a seed neither training nor the RULER evaluation uses), one a row."""
+    import jax
+    import numpy as np
+    from flax import nnx
+
+    from evals.runners import lctx_runner
+    from lctx import data as data_lib
+    from lctx import trainer
+    path = os.path.join(workdir, "data", f"heldout-{seq_len}.arrayrecord")
+    if not os.path.exists(path):
+        demo_data.retrieval_records(_names(d.train_tasks), [seq_len], n, tok, 99_991, path)
+    over = {"max_seq_len": seq_len + 8, "attn_impl": "dense"}
+    if spec.get("rope"):
+        over["rope"] = lctx_runner._rope_override(spec["rope"], seq_len)
+    _, model, _ = lctx_runner.load_checkpoint(os.path.join(workdir, "ckpt", spec["stage"]),
+                                              **over)
+    graphdef, params = nnx.split(model, nnx.Param)
+    it = iter(data_lib.make_dataset([path], data_lib.render_fn_from_tokenizer(tok),
+                                    seq_len=seq_len, batch_size=8, seed=0, pack=False))
+    step = jax.jit(lambda p, b: trainer.eval_step(p, b, graphdef=graphdef, loss_chunk=1024))
+    tot, cnt = 0.0, 0.0
+    for _ in range(max(1, n // 8)):
+        m = jax.device_get(step(params, {k: np.asarray(v) for k, v in next(it).items()}))
+        tot, cnt = tot + float(m["eval/loss_sum"]), cnt + float(m["eval/loss_tokens"])
+    return round(tot / max(cnt, 1.0), 4)
 
 
 from lctx.demo_report import report  # noqa: E402  (the report phase lives beside)

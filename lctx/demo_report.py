@@ -78,6 +78,7 @@ def report(workdir: str, cfg, models: Sequence[str], lengths: Sequence[int]) -> 
         "length_means": means,
         "at_4x_base": {"length": x4, "zero_shot": _at(means["zero-shot"], x4),
                        "stepwise": _at(means[last], x4), "base": _at(means["base"], x4)},
+        "answer_loss": {d["model"]: d.get("answer_loss", {}) for d in docs},
         "tasks": docs[0]["settings"]["tasks"], "samples": docs[0]["settings"]["num_samples"],
         "phase_seconds": phases, "stage_metrics": metrics,
     }
@@ -106,6 +107,12 @@ def summary_text(s: dict[str, Any], docs: Sequence[dict]) -> str:
         diff = a["stepwise"] - a["zero_shot"]
         verdict = "the paper's direction" if diff > 0 else "NOT the paper's direction"
         lines.append(f"Stepwise minus zero-shot at 4x: {diff:+.1f} points ({verdict}).")
+    al = s.get("answer_loss", {})
+    if any(al.values()):
+        lines += ["", "Held-out NIAH answer loss (nats/token, lower is better; same records "
+                  "for every model):"]
+        lines += [f"  {m}: " + ", ".join(f"{T} tokens {v:.3f}" for T, v in sorted(
+            ls.items(), key=lambda kv: int(kv[0]))) for m, ls in al.items()]
     lines += ["", "Stages:"]
     for name, st in s["stages"].items():
         m = s["stage_metrics"].get(name, {})
