@@ -9,8 +9,9 @@ kill -9, skips every phase whose marker exists and resumes the one that was cut)
   data        per stage: datagen conversations at the stage length + RULER-format retrieval
   train-<s>   stage s (the first from scratch at the base length, each later one from the
               previous stage's final checkpoint with its own length and RoPE)
-  eval-<m>    RULER subset at demo.eval_lengths for: base, base + zero-shot RoPE scaling
-              (the last stage's RoPE on the base weights) and every later stage
+  eval-<m>    RULER NIAH at demo.eval_lengths (lctx.demo_ruler) and the held-out NIAH
+              answer loss at the base length and 4x, for: base, base + zero-shot RoPE
+              scaling (the last stage's RoPE on the base weights) and every later stage
   report      results/*.json, ruler_curves.png, summary.txt/json, stage_metrics.json
 """
 from __future__ import annotations
