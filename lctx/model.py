@@ -29,6 +29,7 @@ from jax.ad_checkpoint import checkpoint_name
 
 from lctx import attention as attn_lib
 from lctx import rope as rope_lib
+from lctx.sharding import constrain
 
 _F32 = jnp.float32
 # Names of the tensors tagged with `checkpoint_name`, for remat="names:a,b" policies.
@@ -204,8 +205,12 @@ class MLP(nnx.Module):
 
   def __call__(self, x_BTD):
     dt = self.dtype
-    gate_BTF = jnp.einsum("btd,df->btf", x_BTD, self.w_gate[...].astype(dt))
-    up_BTF = jnp.einsum("btd,df->btf", x_BTD, self.w_up[...].astype(dt))
+    # Without these constraints XLA may shard D (fsdp x context) and keep full-T [B, T, F]
+    # activations on every device; T stays split over the context axis (identity off-mesh).
+    gate_BTF = constrain(jnp.einsum("btd,df->btf", x_BTD, self.w_gate[...].astype(dt)),
+                         ("batch", "seq", "mlp"))
+    up_BTF = constrain(jnp.einsum("btd,df->btf", x_BTD, self.w_up[...].astype(dt)),
+                       ("batch", "seq", "mlp"))
     h_BTF = checkpoint_name(jax.nn.silu(gate_BTF) * up_BTF, "mlp_hidden")
     out_BTD = jnp.einsum("btf,fd->btd", h_BTF, self.w_down[...].astype(dt))
     return checkpoint_name(out_BTD, "mlp_out")
@@ -223,8 +228,8 @@ class Block(nnx.Module):
   def __call__(self, x_BTD, cos_BTK, sin_BTK, seg_BT, pos_BT, attend, kv=None):
     a_BTD, new_kv = self.attn(self.attn_norm(x_BTD), cos_BTK, sin_BTK, seg_BT, pos_BT,
                               attend, kv)
-    x_BTD = x_BTD + a_BTD
-    return x_BTD + self.mlp(self.mlp_norm(x_BTD)), new_kv
+    x_BTD = constrain(x_BTD + a_BTD, ("batch", "seq", None))
+    return constrain(x_BTD + self.mlp(self.mlp_norm(x_BTD)), ("batch", "seq", None)), new_kv
 
 
 class Llama(nnx.Module):
@@ -278,7 +283,7 @@ class Llama(nnx.Module):
                        f"segment_ids {segment_ids_BT.shape} must all be the same [B, T].")
     positions_BT = positions_BT.astype(jnp.int32)
     segment_ids_BT = segment_ids_BT.astype(jnp.int32)
-    x_BTD = self.embed[...].astype(c.dtype)[tokens_BT]
+    x_BTD = constrain(self.embed[...].astype(c.dtype)[tokens_BT], ("batch", "seq", None))
     # HF's length for dynamic/longrope RoPE: max position id of this call + 1.
     cos_BTK, sin_BTK = rope_lib.cos_sin(c.rope, positions_BT, c.head_dim,
                                         seq_len=jnp.max(positions_BT) + 1)

@@ -43,16 +43,11 @@ def test_compiled_activations_grow_with_seq():
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    "lctx/model.py has no activation sharding constraints: XLA follows the FSDP-over-context "
-    "weight sharding and keeps [B, T, F] MLP activations with the FULL T on every device "
-    "(Llama-8B, 8 devices, T=16K: f32[1,16384,14336] buffers). Constraining x_BTD to "
-    "('batch','seq',None) and the MLP hidden to ('batch','seq','mlp') makes it T/N; "
-    "remove this xfail when model.py does that."))
 def test_activations_halve_when_context_axis_doubles():
     """Context parallelism must split activations: same T on 2x the context axis should
     need about half the activation bytes per device. The tiny model's constants (loss
-    chunk, weights) keep it above 0.5: 0.73 with the constraints, 0.87 without (measured)."""
+    chunk, weights) keep it above 0.5: 0.73 with lctx/model.py's activation constraints,
+    0.87 without them (measured: XLA then keeps full-T [B, T, F] MLP buffers per device)."""
     four, eight = plan.main(["--preset=tiny", "--seq=16K", "--devices=4,8"])
     assert four.mesh["context"] == 4 and eight.mesh["context"] == 8
     assert eight.activations / four.activations < 0.8
