@@ -105,7 +105,8 @@ def summary_text(s: dict[str, Any], docs: Sequence[dict]) -> str:
              f"{_fmt(a['base'])}."]
     if a["zero_shot"] is not None and a["stepwise"] is not None:
         diff = a["stepwise"] - a["zero_shot"]
-        verdict = "the paper's direction" if diff > 0 else "NOT the paper's direction"
+        verdict = ("the paper's direction" if diff > 0 else "no difference" if diff == 0
+                   else "NOT the paper's direction")
         lines.append(f"Stepwise minus zero-shot at 4x: {diff:+.1f} points ({verdict}).")
     al = s.get("answer_loss", {})
     if any(al.values()):
