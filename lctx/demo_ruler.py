@@ -12,15 +12,14 @@ left out: its one-shot example alone needs ~1000 tokens. JAX-free.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Sequence
 
-from tqdm import tqdm
 
 from evals import scoring
 from evals.ruler import fit, registry
 from evals.ruler.base import Options
+from evals.ruler.run import predict_resumable
 
 RESERVE = 32  # tokens reserved for the answer (RULER: 128 for NIAH)
 STEP_WORDS = 25  # essay haystack growth per search step (RULER: 500)
@@ -72,30 +71,8 @@ def run(runner, *, model: str, tokenizer, tokenizer_name: str, lengths: Sequence
                                   chat_template, seed)
                 registry.write_jsonl(path, header, samples)
             pred_path = os.path.join(out, "preds", str(length), f"{task}.jsonl")
-            os.makedirs(os.path.dirname(pred_path), exist_ok=True)
-            done = {}
-            if os.path.exists(pred_path):
-                with open(pred_path, encoding="utf-8") as f:
-                    for line in f:
-                        try:
-                            r = json.loads(line)
-                        except json.JSONDecodeError:
-                            continue  # a line cut by kill -9: redo that sample
-                        done[r["index"]] = r
-            todo = [s for s in samples if s["index"] not in done]
-            with open(pred_path, "a", encoding="utf-8") as f, tqdm(
-                    total=len(samples), initial=len(samples) - len(todo),
-                    desc=f"{model} {task}@{length}", dynamic_ncols=True) as bar:
-                for i in range(0, len(todo), batch_size):
-                    batch = todo[i:i + batch_size]
-                    preds = runner.generate([s["input"] for s in batch], RESERVE, [])
-                    for s, p in zip(batch, preds):
-                        row = {"index": s["index"], "pred": p, "outputs": s["outputs"],
-                               "length": s["length"]}
-                        f.write(json.dumps(row, ensure_ascii=False) + "\n")
-                        done[s["index"]] = row
-                    f.flush()
-                    bar.update(len(batch))
+            done = predict_resumable(runner, samples, pred_path, RESERVE, [], batch_size,
+                                     desc=f"{model} {task}@{length}")
             rows.setdefault(length, {})[task] = [done[s["index"]] for s in samples]
     doc = scoring.build_results(model, {
         "lengths": list(lengths), "tasks": list(tasks), "num_samples": num_samples,

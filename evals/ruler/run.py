@@ -97,6 +97,29 @@ def _done(pred_path: str) -> dict[int, dict]:
     return done
 
 
+def predict_resumable(runner, samples: list[dict], pred_path: str, max_new_tokens: int,
+                      stop: list[str], batch_size: int, desc: str) -> dict[int, dict]:
+    """Predicts the samples not yet in `pred_path` (JSONL, appended and flushed per batch, so
+    a killed run redoes at most one batch); returns every prediction row by sample index."""
+    os.makedirs(os.path.dirname(pred_path), exist_ok=True)
+    done = _done(pred_path)
+    todo = [s for s in samples if s["index"] not in done]
+    with open(pred_path, "a", encoding="utf-8") as f, \
+            tqdm(total=len(samples), initial=len(samples) - len(todo), desc=desc,
+                 dynamic_ncols=True) as bar:
+        for i in range(0, len(todo), batch_size):
+            batch = todo[i:i + batch_size]
+            preds = runner.generate([s["input"] for s in batch], max_new_tokens, stop)
+            for s, p in zip(batch, preds):
+                row = {"index": s["index"], "pred": p, "outputs": s["outputs"],
+                       "length": s["length"]}
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+                done[s["index"]] = row
+            f.flush()
+            bar.update(len(batch))
+    return done
+
+
 def run(runner, *, model: str, tokenizer, tokenizer_name: str, lengths: Sequence[int],
         tasks: Sequence[str], num_samples: int, out: str, opts: Options = Options(),
         res: registry.Resources = registry.Resources(), batch_size: int = 8,
@@ -119,23 +142,9 @@ def run(runner, *, model: str, tokenizer, tokenizer_name: str, lengths: Sequence
                 log.warning("%s", e)
                 continue
             pred_path = os.path.join(out, "preds", str(length), f"{task}.jsonl")
-            os.makedirs(os.path.dirname(pred_path), exist_ok=True)
-            done = _done(pred_path)
-            todo = [s for s in samples if s["index"] not in done]
             ttg = constants.FAMILIES[constants.TASKS[task].family]["tokens_to_generate"]
-            with open(pred_path, "a", encoding="utf-8") as f, \
-                    tqdm(total=len(samples), initial=len(samples) - len(todo),
-                         desc=f"{task}@{length}") as bar:
-                for i in range(0, len(todo), batch_size):
-                    batch = todo[i:i + batch_size]
-                    preds = runner.generate([s["input"] for s in batch], ttg, list(stop))
-                    for s, p in zip(batch, preds):
-                        row = {"index": s["index"], "pred": p, "outputs": s["outputs"],
-                               "length": s["length"]}
-                        f.write(json.dumps(row, ensure_ascii=False) + "\n")
-                        done[s["index"]] = row
-                    f.flush()
-                    bar.update(len(batch))
+            done = predict_resumable(runner, samples, pred_path, ttg, list(stop), batch_size,
+                                     desc=f"{task}@{length}")
             rows.setdefault(length, {})[task] = [done[s["index"]] for s in samples]
     settings = {"lengths": list(lengths), "tasks": list(tasks), "num_samples": num_samples,
                 "tokenizer": tokenizer_name, "options": dataclasses.asdict(opts),
