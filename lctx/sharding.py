@@ -132,7 +132,26 @@ def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
         return x
     mesh, rules = active
     return jax.lax.with_sharding_constraint(
-        x, NamedSharding(mesh, logical_to_spec(names, rules, mesh)))
+        x, NamedSharding(mesh, _fitting_spec(x.shape, logical_to_spec(names, rules, mesh), mesh)))
+
+
+def _fitting_spec(shape: Sequence[int], spec: P, mesh: Mesh) -> P:
+    """`spec` with each dimension keeping only the leading mesh axes its size divides by.
+
+    Activation hints must not fail on shapes the parameters never see, e.g. a batch of 2
+    evaluated on an fsdp=4 mesh: such a dimension is replicated over the axes it cannot split
+    over (parameters are checked strictly by `check_divisible` instead).
+    """
+    out = []
+    for size, entry in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+        axes = (entry,) if isinstance(entry, str) else tuple(entry or ())
+        keep = []
+        for a in axes:
+            if size % (math.prod(mesh.shape[b] for b in keep) * mesh.shape[a]):
+                break
+            keep.append(a)
+        out.append(None if not keep else keep[0] if len(keep) == 1 else tuple(keep))
+    return P(*out)
 
 
 def _logical_names(spec) -> tuple:

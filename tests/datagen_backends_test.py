@@ -28,8 +28,10 @@ def test_retries_keep_order_and_isolate_failures(monkeypatch, caplog):
     prompts = ["plain 0", "#429x2 one", "#500x3 two", "#slowx1 three", "#garbagex2 four",
                "#400 five", "#500always six", "#length seven"] + [f"p{i}" for i in range(12)]
     caplog.set_level(logging.DEBUG)
-    with FakeOpenAIServer(slow_s=0.6) as srv:
-        gen = _gen(srv.url, api_key_env="FAKE_KEY", concurrency=8)
+    # The timeout is generous so that only the deliberately slow prompt times out, even on a
+    # loaded 2-core CI machine (a 0.3 s timeout once retried a plain prompt there: 12 != 11).
+    with FakeOpenAIServer(slow_s=3.0) as srv:
+        gen = _gen(srv.url, api_key_env="FAKE_KEY", concurrency=8, timeout_s=2.0)
         outs = gen.generate([_req(p) for p in prompts])
     ok = [i for i in range(len(prompts)) if i not in (5, 6)]
     for i in ok:

@@ -67,6 +67,18 @@ def test_constrain_is_noop_without_mesh_and_shards_with_one():
     np.testing.assert_array_equal(y, x * 2)
 
 
+def test_constrain_replicates_a_dimension_its_axes_cannot_split():
+    # A batch of 2 on an fsdp=4 mesh (eager evaluation of a small batch) is replicated over
+    # fsdp instead of failing; a dimension that divides keeps its axes, and a multi-axis entry
+    # keeps the leading axes that divide.
+    mesh = sharding.make_mesh({"data": 2, "fsdp": 4})
+    with sharding.use_mesh(mesh):
+        y = sharding.constrain(jnp.ones((2, 8)), ("batch", "embed"))
+        z = jax.jit(lambda x: sharding.constrain(x, ("batch", None)))(jnp.ones((8, 3)))
+    assert y.sharding.is_equivalent_to(NamedSharding(mesh, P("data", None)), 2)
+    assert z.sharding.is_equivalent_to(NamedSharding(mesh, P(("data", "fsdp"), None)), 2)
+
+
 def test_init_sharded_matches_unsharded_init():
     cfg = model_lib.ModelConfig(**TINY)
     mesh = sharding.make_mesh({"fsdp": 2, "context": 2, "tensor": 2})
