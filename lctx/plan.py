@@ -5,9 +5,18 @@ r"""Will it fit? Per-device memory and FLOPs of a training step, from abstract s
 
 Nothing is allocated: parameters and optimizer state come from `nnx.eval_shape` and the
 mesh shardings (exact). Activations come from compiling the real `lctx.trainer.train_step`
-with 1 and 2 layers for the target mesh on simulated CPU devices (XLA memory_analysis) and
-extrapolating linearly to L layers (estimate). FLOPs per step are analytic: 6 x matmul
-params + causal attention 6 x L x N x H x T per token (`lctx.trainer.flops_per_token`).
+with 2 and 3 scanned layers for the target mesh on simulated CPU devices (XLA
+memory_analysis) and extrapolating linearly to L layers (estimate). Beside it, `resid` is
+the analytic floor of remat='full': the bf16 residual stream saved at every layer input,
+L x B x T/C x D x bytes(dtype). FLOPs per step are analytic: 6 x matmul params + causal
+attention 6 x L x N x H x T per token (`lctx.trainer.flops_per_token`).
+
+Why scanned probes: XLA CPU removes optimization barriers before it schedules (GPU only
+after), so with unrolled layers it moves every layer's remat recompute into the forward
+pass and keeps all of its intermediates; remat='full' then measures the same as 'none'
+(53 x D x 2 bytes per token per layer on a small model, vs 2.9 scanned). Inside the layer
+scan the recompute stays in the backward loop. The scanned CPU figure still stores the
+saved bf16 residual as float32 (CPU upcast), so its per-layer part can be ~2x a GPU's.
 """
 from __future__ import annotations
 
@@ -45,6 +54,9 @@ class Cell:
     flops_step: float
     compile_s: float
     compiled: bool = True  # False: activations not measured (--analytic)
+    act_layer: int = 0  # measured activation bytes per extra layer (compiled probes)
+    resid: int = 0  # ANALYTIC saved residual stream of remat='full', all layers; 0 otherwise
+    tokens: int = 0  # tokens per device: B x T / (context x batch shards)
 
     @property
     def total(self) -> int:
@@ -150,36 +162,53 @@ def plan_cell(cfg, seq: int, devices: int, compile_layers: bool = True) -> Cell:
         seq, cfg.model.max_seq_len))
     _, _, _, params, opt = _abstract_state(mcfg, mesh, optim.make_tx(cfg.opt))
     t0 = time.time()
-    acts = 0
+    acts = per_layer = 0
     if compile_layers:
-        # Two small compiles give base + per-layer temp; L layers are extrapolated.
-        # Layers unrolled: under the layer scan jax 0.10.2 differentiates through the ring's
-        # forward loops instead of its custom_vjp (stacked block probabilities, O(T^2/C)).
-        t1, t2 = (_compiled_temp(cfg, dataclasses.replace(mcfg, n_layers=n, scan_layers=False),
-                                 mesh, seq) for n in (1, 2))
-        temp = t1 + (mcfg.n_layers - 1) * (t2 - t1)
+        # Two small compiles give base + per-layer temp; L layers are extrapolated. Scanned
+        # (see the module docstring); XLA inlines a 1-step scan, so probe 2 and 3 layers.
+        t2, t3 = (_compiled_temp(cfg, dataclasses.replace(mcfg, n_layers=n, scan_layers=True),
+                                 mesh, seq) for n in (2, 3))
+        per_layer = max(t3 - t2, 0)
+        temp = t2 + (mcfg.n_layers - 2) * per_layer
         acts = max(temp - params, 0)  # the step's fp32 gradient accumulator is in temp
+    shards = mesh.shape.get("context", 1) * mesh.shape.get("data", 1) * mesh.shape.get("fsdp", 1)
+    tokens = seq * cfg.data.batch_size // shards
+    resid = (mcfg.n_layers * tokens * mcfg.d_model * _itemsize(mcfg.dtype)
+             if mcfg.remat == "full" else 0)
     flops = trainer.flops_per_token(mcfg, seq) * seq * cfg.data.batch_size
     return Cell(seq, devices, dict(mesh.shape), params, params, opt, acts, flops,
-                time.time() - t0, compile_layers)
+                time.time() - t0, compile_layers, per_layer, resid, tokens)
+
+
+def _itemsize(dtype: str) -> int:
+    """Bytes per element of a dtype name ('bfloat16' -> 2)."""
+    import jax.numpy as jnp
+    return int(jnp.dtype(dtype).itemsize)
 
 
 def format_table(cells: list[Cell], hbm_gib: float = 80.0) -> str:
     """Plain-text table, GiB per device; `fits` against `hbm_gib`."""
     head = (f"{'seq':>8} {'dev':>4} {'mesh':<34} {'params':>7} {'grads':>7} {'adamw':>7} "
-            f"{'acts*':>7} {'total':>7} {'fits':>5} {'PFLOP/step':>10} {'TFLOP/dev':>9}")
+            f"{'acts*':>7} {'B/tok/L':>8} {'resid':>7} {'total':>7} {'fits':>5} "
+            f"{'PFLOP/step':>10} {'TFLOP/dev':>9}")
     rows = [head, "-" * len(head)]
     for c in cells:
         mesh = ",".join(f"{k}={v}" for k, v in c.mesh.items())
         acts = f"{c.activations / GiB:7.2f}" if c.compiled else f"{'n/a':>7}"
+        per_tok = (f"{c.act_layer / c.tokens:8.0f}" if c.compiled and c.tokens else
+                   f"{'n/a':>8}")
+        resid = f"{c.resid / GiB:7.2f}" if c.resid else f"{'n/a':>7}"
         fits = ("yes" if c.total < hbm_gib * GiB else "NO") if c.compiled else "?"
         rows.append(f"{c.seq:>8} {c.devices:>4} {mesh:<34} {c.params / GiB:7.2f} "
-                    f"{c.grads / GiB:7.2f} {c.opt / GiB:7.2f} {acts} "
+                    f"{c.grads / GiB:7.2f} {c.opt / GiB:7.2f} {acts} {per_tok} {resid} "
                     f"{c.total / GiB:7.2f} {fits:>5} "
                     f"{c.flops_step / 1e15:10.1f} {c.flops_step / c.devices / 1e12:9.1f}")
     rows.append("params/grads/adamw: exact from abstract shapes and shardings (fp32 master "
-                "weights, 2 fp32 moments). acts*: ESTIMATE, compiled temp of a 1- and a "
-                "2-layer train step, extrapolated to all layers, minus the gradient buffer. "
+                "weights, 2 fp32 moments). acts*: ESTIMATE, CPU-compiled temp of a 2- and a "
+                "3-layer scanned train step, extrapolated to all layers, minus the gradient "
+                "buffer; B/tok/L: its bytes per token per extra layer (CPU keeps the saved "
+                "bf16 residual as f32, so this part may be ~2x a GPU's). resid: ANALYTIC "
+                "floor of remat=full, L x tokens/device x D x dtype bytes (not in total). "
                 "FLOPs: ANALYTIC, 6 x matmul params + 6 x L x N x H x T per token.")
     return "\n".join(rows)
 
