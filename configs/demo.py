@@ -41,8 +41,14 @@ def get_config(arg=None):
     c.ckpt.update(every_steps=50, keep=2, async_save=False)
     c.eval.update(every_steps=50 if full else 0, batches=2)  # fixed-batch loss (training data)
     c.log.update(progress=True)
-    # Stage lengths double, theta quadruples (NTK-style base growth per 2x); Adam carried.
-    steps = (900, 80, 60) if full else (12, 4)
+    # s0_copy: the pretraining stand-in (copy conversations only, lr 1e-3: induction heads
+    # formed there in ~600 steps and not at all at 3e-3 in our sweeps). Then the base stage at
+    # 384 tokens (theta 1e4) and the stepwise RoPE stages: lengths double, theta quadruples
+    # (NTK-style base growth per 2x); Adam is carried between the RoPE stages.
+    c.stages["s0_copy"] = common.stage(seq_len=384, steps=800 if full else 4,
+                                       rope_cfg=common.rope(theta=10_000.0), lr=1e-3,
+                                       export_hf=False)
+    steps = (500, 80, 60) if full else (12, 4)
     lens = (384, 768, 1536) if full else (384, 768)
     for i, (n, T) in enumerate(zip(steps, lens)):
         c.stages[f"s{i + 1}_{T}"] = common.stage(
@@ -58,7 +64,10 @@ def get_config(arg=None):
         backend="extractive",  # datagen backend: extractive | vllm | openai
         backend_model="", backend_url="",  # for vllm / openai backends
         epochs=2.0,  # datagen conversations are seen about this many times
-        retrieval_share=0.8,  # share of training rows that are RULER-format retrieval
+        retrieval_share=0.6,  # share of training rows that are RULER-format retrieval
+        copy_share=0.25,  # share of rows of packed copy conversations (after the copy stages)
+        copy_stages=1,  # leading stages trained on copy conversations only (pretraining)
+        copy_max_items=24, copy_digit_share=0.3,  # copy strings: pieces per string, digits
         train_tasks="niah_single_1,niah_single_2",  # retrieval tasks trained on
         min_retrieval_len=384,  # shortest retrieval length drawn (RULER budget, tokens)
         eval_tasks="niah_single_1,niah_single_2" if full else "niah_single_1",

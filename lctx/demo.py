@@ -6,9 +6,12 @@ Phases (each ends by writing `<workdir>/phases/<phase>.json` atomically; a rerun
 kill -9, skips every phase whose marker exists and resumes the one that was cut):
   corpus      KJV passages (or demo.corpus) -> corpus/docs.jsonl
   tokenizer   SentencePiece trained on the corpus -> tokenizer/sp.model
-  data        per stage: datagen conversations at the stage length + RULER-format retrieval
+  data        the first `demo.copy_stages` stages (the pretraining stand-in): copy
+              conversations only; every later stage: datagen conversations at the stage
+              length + RULER-format retrieval + a share of copy conversations
   train-<s>   stage s (the first from scratch at the base length, each later one from the
-              previous stage's final checkpoint with its own length and RoPE)
+              previous stage's final checkpoint with its own length and RoPE); the base
+              model is the first stage after the copy stages
   eval-<m>    RULER NIAH at demo.eval_lengths (lctx.demo_ruler) and the held-out NIAH
               answer loss at the base length and 4x, for: base, base + zero-shot RoPE
               scaling (the last stage's RoPE on the base weights) and every later stage
@@ -85,9 +88,11 @@ def run(cfg, workdir: str) -> dict[str, Any]:
     summary (also in `<workdir>/summary.json`)."""
     d = cfg.demo
     stages = sorted(cfg.stages.keys())
-    if len(stages) < 2:
-        raise ValueError("the demo needs a base stage and at least one extension stage in "
-                         "cfg.stages")
+    n_copy = copy_stage_count(cfg)
+    if len(stages) - n_copy < 2:
+        raise ValueError(f"the demo needs a base stage and at least one extension stage after "
+                         f"the demo.copy_stages={n_copy} copy stage(s); cfg.stages has "
+                         f"{stages}")
     os.makedirs(workdir, exist_ok=True)
     import hashlib
     ph = Phases(workdir, hashlib.sha256(cfg.to_json(sort_keys=True).encode()).hexdigest()[:16])
@@ -101,11 +106,11 @@ def run(cfg, workdir: str) -> dict[str, Any]:
     data = ph.run("data", lambda: build_data(cfg, workdir, corpus["path"], tok))
     run_cfg = training_config(cfg, data, tok)
     lengths = _ints(d.eval_lengths)
-    base = stages[0]
+    base = stages[n_copy]
     zero_rope = (json.loads(d.zero_shot_rope) if d.zero_shot_rope else
                  cfg.stages[stages[-1]].rope.to_dict())
     models = {"base": dict(stage=base), "zero-shot": dict(stage=base, rope=zero_rope)}
-    models.update({s: dict(stage=s) for s in stages[1:]})
+    models.update({s: dict(stage=s) for s in stages[n_copy + 1:]})
     for i, s in enumerate(stages):
         ph.run(f"train-{s}", lambda i=i: train_stages(run_cfg, workdir, stages[:i + 1]))
         for m, spec in models.items():
@@ -119,28 +124,62 @@ def run(cfg, workdir: str) -> dict[str, Any]:
     return summary
 
 
+def copy_stage_count(cfg) -> int:
+    """demo.copy_stages, validated against the stages and the data shares."""
+    d = cfg.demo
+    n = int(d.copy_stages)
+    if not 0 <= n <= len(cfg.stages) - 2:
+        raise ValueError(f"demo.copy_stages={n} must leave a base and an extension stage "
+                         f"among the {len(cfg.stages)} stages; use 0..{len(cfg.stages) - 2}")
+    shares = float(d.retrieval_share) + float(d.copy_share)
+    if not (0 <= float(d.retrieval_share) and 0 <= float(d.copy_share) and shares < 1):
+        raise ValueError(f"demo.retrieval_share={d.retrieval_share} + demo.copy_share="
+                         f"{d.copy_share} must be >= 0 each and < 1 together (the rest of "
+                         "the rows are datagen conversations)")
+    return n
+
+
+# Copy conversations are short (~60 tokens) and packed: about this many tokens each.
+COPY_TOKENS = 60
+
+
 def build_data(cfg, workdir: str, docs_path: str, tok: str) -> dict[str, Any]:
-    """Every stage's shards: datagen conversations + retrieval records at its length."""
+    """Every stage's shards: copy conversations for the copy stages; datagen conversations,
+    retrieval and copy records at its length for every later stage."""
     d = cfg.demo
     stages = sorted(cfg.stages.keys())
+    n_copy_stages = copy_stage_count(cfg)
     bs = int(cfg.data.batch_size)
     lengths, samples, plan = {}, {}, {}
-    for s in stages:
+    for i, s in enumerate(stages):
         st = cfg.stages[s]
+        L = int(st.seq_len)
         rows = int(st.steps) * bs  # rows one epoch of the stage needs
+        if i < n_copy_stages:
+            plan[s] = (L, 0, rows * max(1, L // COPY_TOKENS))
+            continue
         n_ret = int(round(rows * float(d.retrieval_share)))
-        n_conv = max(8, int(round(rows * (1 - float(d.retrieval_share)) / float(d.epochs))))
-        lengths[int(st.seq_len)], samples[int(st.seq_len)] = s, n_conv
-        plan[s] = (int(st.seq_len), n_ret)
-    if len(lengths) != len(stages):
-        raise ValueError("demo stages need distinct seq_len values")
+        n_cp = int(round(rows * float(d.copy_share))) * max(1, L // COPY_TOKENS)
+        rest = 1 - float(d.retrieval_share) - float(d.copy_share)
+        n_conv = max(8, int(round(rows * rest / float(d.epochs))))
+        if L in lengths:
+            raise ValueError(f"demo stages {lengths[L]} and {s} have the same seq_len {L}; "
+                             "the stages after the copy stages need distinct lengths")
+        lengths[L], samples[L] = s, n_conv
+        plan[s] = (L, n_ret, n_cp)
     out_dir = os.path.join(workdir, "data")
     conv = demo_data.build_conversations(docs_path, tok, lengths, samples, out_dir, d)
     out: dict[str, Any] = {"paths": {}, "counts": conv["counts"]}
     tasks = _names(d.train_tasks)
-    for s in stages:
-        paths = list(conv["paths"][s])
-        L, n_ret = plan[s]
+    for i, s in enumerate(stages):
+        paths = list(conv["paths"].get(s, []))
+        L, n_ret, n_cp = plan[s]
+        if n_cp:
+            p = os.path.join(out_dir, s, "copy.arrayrecord")
+            n = demo_data.copy_records(tok, n_cp, int(d.seed) + 2000 + i, p,
+                                       int(d.copy_max_items), float(d.copy_digit_share))
+            out["counts"].setdefault(s, {})["copy"] = {"records": n}
+            paths.append(p)
         if n_ret and tasks:
             p = os.path.join(out_dir, s, "retrieval.arrayrecord")
             # Retrieval at this length and at half of it: both RULER budgets are seen.

@@ -97,6 +97,45 @@ def test_training_records_match_the_eval_prompt(sp_model_path, tmp_path):
         assert sum(mask[len(prompt):]) == len(ids) - len(prompt)  # answer and eot are trained
 
 
+def test_copy_records_repeat_random_strings(sp_model_path, tmp_path):
+    """Copy conversations: the answer is the user's string, exactly; strings are random
+    (mostly distinct), carry digits at about the share asked, and are seeded."""
+    from lctx import records
+    from lctx.tokenizer import ChatFormat, load_tokenizer
+    path, again = str(tmp_path / "c.arrayrecord"), str(tmp_path / "d.arrayrecord")
+    assert demo_data.copy_records(sp_model_path, 200, 3, path, digit_share=0.3) == 200
+    demo_data.copy_records(sp_model_path, 200, 3, again, digit_share=0.3)
+    recs = list(records.read_array_record(path))
+    assert recs == list(records.read_array_record(again))  # seeded
+    texts = []
+    for r in recs:
+        user, answer = r["messages"][0]["content"], r["messages"][1]["content"]
+        assert user == f"Repeat: {answer}" and answer and answer == answer.strip()
+        texts.append(answer)
+    assert len(set(texts)) == len(texts)
+    chars = "".join(texts)
+    digits = sum(c.isdigit() for c in chars)
+    assert 0.05 < digits / len(chars) < 0.4  # a digit is one char, a piece one or more
+    fmt = ChatFormat(load_tokenizer(sp_model_path))
+    ids, mask = fmt.render(recs[0]["messages"])
+    assert 10 < len(ids) < 200 and 0 < sum(mask) < len(ids)  # short: several pack into a row
+    with pytest.raises(ValueError, match="digit_share"):
+        demo_data.copy_records(sp_model_path, 2, 0, path, digit_share=1.5)
+
+
+def test_copy_stage_settings_are_validated():
+    from configs import demo as demo_cfg
+    cfg = demo_cfg.get_config("smoke")
+    assert demo.copy_stage_count(cfg) == 1
+    cfg.demo.copy_stages = 2  # would leave no extension stage
+    with pytest.raises(ValueError, match="demo.copy_stages=2"):
+        demo.copy_stage_count(cfg)
+    cfg.demo.copy_stages = 1
+    cfg.demo.copy_share = 0.5  # 0.6 retrieval + 0.5 copy > 1
+    with pytest.raises(ValueError, match="copy_share"):
+        demo.copy_stage_count(cfg)
+
+
 def _run(workdir, timeout):
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # the demo: one device
     return subprocess.Popen(
@@ -123,15 +162,16 @@ def test_smoke_demo_resumes_after_sigkill_and_reruns_nothing(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     before = {p.name: p.stat().st_mtime_ns for p in phases.iterdir()}
-    assert {"corpus.json", "tokenizer.json", "data.json", "train-s1_384.json"} <= set(before)
+    assert {"corpus.json", "tokenizer.json", "data.json", "train-s0_copy.json",
+            "train-s1_384.json"} <= set(before)
     assert "report.json" not in before
 
     out = _finish(_run(wd, 900))
     for name, mtime in before.items():  # finished phases were not redone
         assert (phases / name).stat().st_mtime_ns == mtime, name
         assert f"phase {name[:-5]:<16} cached" in out
-    want = ["corpus", "tokenizer", "data", "train-s1_384", "eval-base", "eval-zero-shot",
-            "train-s2_768", "eval-s2_768", "report"]
+    want = ["corpus", "tokenizer", "data", "train-s0_copy", "train-s1_384", "eval-base",
+            "eval-zero-shot", "train-s2_768", "eval-s2_768", "report"]
     assert sorted(p.name[:-5] for p in phases.iterdir()) == sorted(want)
 
     # Artefacts: results, curve, summary, stage metrics.
@@ -149,6 +189,7 @@ def test_smoke_demo_resumes_after_sigkill_and_reruns_nothing(tmp_path):
     text = (wd / "summary.txt").read_text()
     assert "effective" in text and "zero-shot" in text and "s2_768" in text
     metrics = json.loads((wd / "stage_metrics.json").read_text())
+    assert metrics["s0_copy"]["last_step"] == 3  # the copy stage ran and is not evaluated
     assert metrics["s1_384"]["last_step"] == 11 and metrics["s2_768"]["last_step"] == 3
     assert all(metrics[s]["train_loss_last"] < 8 for s in metrics)
     zs = json.loads((phases / "eval-zero-shot.json").read_text())["result"]
