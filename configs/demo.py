@@ -16,7 +16,7 @@ stage.
 
 Hardware: 2 CPU cores, ~3 GB RAM. Expected time: ~30 minutes measured on the shared 2-core
 machine with other jobs running (copy stage ~10 min, base ~6 min, 1536 stage ~6 min,
-evaluations ~1 min a model); less when idle.
+evaluations ~1 min a model); 23.5 minutes measured idle.
 Expected result: `<workdir>/summary.txt` (effective lengths, RULER at 4x the base length,
 held-out NIAH answer loss per model), `ruler_curves.png`, `results/*.json`,
 `stage_metrics.json`. Measured (README): at 1536 tokens (4x) zero-shot RoPE scaling 8.3,
