@@ -116,7 +116,7 @@ def run(cfg, workdir: str) -> dict[str, Any]:
         for m, spec in models.items():
             if spec["stage"] == s:
                 ph.run(f"eval-{m}", lambda m=m, spec=spec: evaluate(
-                    workdir, m, spec, tok, lengths, d))
+                    workdir, m, spec, tok, lengths, d, cfg.attn))
     summary = ph.run("report", lambda: report(workdir, cfg, list(models), lengths))
     log.info("demo finished in %.1f s (phases run now: %s)", time.time() - t_start,
              ph.ran or "none, all cached")
@@ -238,9 +238,10 @@ class ChatPromptRunner:
         return self.inner.generate(ids, max_new_tokens, stop)
 
 
-def evaluate(workdir: str, name: str, spec: dict, tok: str, lengths: list[int], d
-             ) -> dict[str, Any]:
-    """RULER subset for one model; results in <workdir>/results/<name>.json."""
+def evaluate(workdir: str, name: str, spec: dict, tok: str, lengths: list[int], d,
+             attn=None) -> dict[str, Any]:
+    """RULER subset for one model; results in <workdir>/results/<name>.json. `attn` (the
+    run's `cfg.attn`): prefill attention blocks (blockwise; dense is not offered for eval)."""
     from evals.ruler.text import load_tokenizer
     from evals.runners.lctx_runner import LctxRunner
 
@@ -248,7 +249,8 @@ def evaluate(workdir: str, name: str, spec: dict, tok: str, lengths: list[int], 
     # Window: the longest length plus the chat headers around the prompt.
     inner = LctxRunner(os.path.join(workdir, "ckpt", spec["stage"]), tokenizer=tok,
                        rope=spec.get("rope"), max_model_len=max(lengths) + 32,
-                       batch_size=int(d.eval_batch), progress=False)
+                       batch_size=int(d.eval_batch), progress=False,
+                       **_block_kwargs(attn))
     doc = demo_ruler.run(ChatPromptRunner(inner, tok), model=name,
                          tokenizer=load_tokenizer(tok), tokenizer_name=os.path.basename(tok),
                          lengths=lengths, tasks=_names(d.eval_tasks),
@@ -258,7 +260,7 @@ def evaluate(workdir: str, name: str, spec: dict, tok: str, lengths: list[int], 
     inner.close()
     # The RULER score is all-or-nothing; the held-out answer loss shows the same comparison
     # on a continuous scale (same records for every model).
-    losses = {str(T): answer_loss(workdir, spec, tok, T, d) for T in sorted(
+    losses = {str(T): answer_loss(workdir, spec, tok, T, d, attn) for T in sorted(
         {min(lengths), 4 * min(lengths)})}
     doc["answer_loss"] = losses
     from evals import scoring
@@ -272,7 +274,14 @@ def evaluate(workdir: str, name: str, spec: dict, tok: str, lengths: list[int], 
             "effective_length": s["effective_length"], "rope": spec.get("rope")}
 
 
-def answer_loss(workdir: str, spec: dict, tok: str, seq_len: int, d, n: int = 32) -> float:
+def _block_kwargs(attn) -> dict[str, int]:
+    if attn is None or attn.get("impl") != "blockwise":
+        return {}
+    return {"block_q": int(attn["block_q"]), "block_k": int(attn["block_k"])}
+
+
+def answer_loss(workdir: str, spec: dict, tok: str, seq_len: int, d, attn=None, n: int = 32
+                ) -> float:
     """Mean loss per answer token on `n` held-out NIAH conversations of `seq_len` tokens
     (drawn with a seed neither training nor the RULER evaluation uses), one a row."""
     import jax
@@ -285,7 +294,9 @@ def answer_loss(workdir: str, spec: dict, tok: str, seq_len: int, d, n: int = 32
     path = os.path.join(workdir, "data", f"heldout-{seq_len}.arrayrecord")
     if not os.path.exists(path):
         demo_data.retrieval_records(_names(d.train_tasks), [seq_len], n, tok, 99_991, path)
-    over = {"max_seq_len": seq_len + 8, "attn_impl": "dense"}
+    blocks = _block_kwargs(attn)
+    over = {"max_seq_len": seq_len + 8, "attn_impl": "blockwise" if blocks else "dense",
+            **blocks}
     if spec.get("rope"):
         over["rope"] = lctx_runner._rope_override(spec["rope"], seq_len)
     _, model, _ = lctx_runner.load_checkpoint(os.path.join(workdir, "ckpt", spec["stage"]),
