@@ -95,6 +95,10 @@ def base_config() -> mc.ConfigDict:
         batch_size=8,  # global rows per optimizer step (split over processes)
         pack=True,  # first-fit pack documents per row; False = one document a row
         packing_bins=8,  # rows packed at once (more = less padding, more memory)
+        read_threads=2,  # threads reading and rendering records ahead (0 = none)
+        read_buffer=32,  # records read ahead. grain's default (16 threads, 500 records)
+        # polls every pending record on each read: on the 2-core CPU the demo's copy stage
+        # ran at 6,446 tokens/s with it and 9,375 with 2 / 32 (200 steps each, same run)
         overlong="truncate",  # documents longer than T: truncate | drop (counted, logged)
         seed=0,  # shuffle seed
         demo_records=4000,  # kjv_demo: number of conversations

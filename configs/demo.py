@@ -45,7 +45,7 @@ def get_config(arg=None):
     c.data.update(builder="", batch_size=8)  # paths and tokenizer: filled in by lctx.demo
     c.opt.update(lr=3e-3, warmup_steps=30 if full else 2, schedule="cosine", end_lr_frac=0.1,
                  clip_norm=1.0)
-    c.ckpt.update(every_steps=50, keep=2, async_save=False)
+    c.ckpt.update(every_steps=100, keep=2, async_save=False)
     c.eval.update(every_steps=50 if full else 0, batches=2)  # fixed-batch loss (training data)
     c.log.update(progress=True)
     # s0_copy: the pretraining stand-in (copy conversations only, lr 1e-3: induction heads

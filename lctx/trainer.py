@@ -159,7 +159,8 @@ class StageRunner:
             seed=cfg.data.seed, pack=cfg.data.pack, packing_bins=cfg.data.packing_bins,
             overlong=cfg.data.overlong, context_shards=ctx,
             process_index=jax.process_index(), process_count=jax.process_count(),
-            stats=self.data_stats)
+            stats=self.data_stats, read_threads=cfg.data.read_threads,
+            read_buffer=cfg.data.read_buffer)
         self.data_iter = iter(self.dataset)
         # Read one batch now so bad data fails before anything is written.
         self._peeked = next(self.data_iter)
@@ -282,7 +283,8 @@ class StageRunner:
                 batch_size=self.cfg.data.batch_size, seed=self.cfg.data.seed + 1,
                 pack=self.cfg.data.pack, packing_bins=self.cfg.data.packing_bins,
                 overlong=self.cfg.data.overlong, context_shards=int(self.mesh.shape["context"]),
-                process_index=jax.process_index(), process_count=jax.process_count()))
+                process_index=jax.process_index(), process_count=jax.process_count(),
+                read_threads=self.cfg.data.read_threads, read_buffer=self.cfg.data.read_buffer))
             self._eval_batches = [
                 {k: jax.make_array_from_process_local_data(self.batch_sharding, v)
                  for k, v in next(it).items()} for _ in range(ecfg.batches)]

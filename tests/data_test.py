@@ -121,6 +121,22 @@ def test_bad_inputs(tmp_path):
         _take(data.make_dataset(paths, _render, seq_len=64, batch_size=6, pack=False), 1)
     with pytest.raises(data.DataError, match="overlong"):
         data.make_dataset(paths, _render, seq_len=64, batch_size=2, overlong="cut")
+    with pytest.raises(data.DataError, match="data.read_threads=-1"):
+        data.make_dataset(paths, _render, seq_len=64, batch_size=2, read_threads=-1)
+
+
+@pytest.mark.parametrize("pack", [True, False])
+def test_read_ahead_does_not_change_the_batches(tmp_path, pack):
+    """Read threads and buffer (grain.ReadOptions) change speed only: the same batches in
+    the same order, from no read-ahead to grain's own default (16 threads, 500 records)."""
+    paths = _write(tmp_path, n=50)
+    runs = [_take(data.make_dataset(paths, _render, seq_len=64, batch_size=4, seed=5,
+                                    pack=pack, read_threads=t, read_buffer=b), 30)
+            for t, b in ((0, 0), (2, 32), (16, 500))]
+    for other in runs[1:]:
+        for a, b in zip(runs[0], other):
+            for k in data.KEYS:
+                np.testing.assert_array_equal(a[k], b[k])
 
 
 def test_kjv_demo_records_answerable():
