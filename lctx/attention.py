@@ -104,11 +104,14 @@ def _unblocks(x):
 
 
 def _needed(q_seg, k_seg, q_pos, k_pos, causal):
-  """False only when id ranges prove every pair of the block masked (then it is skipped)."""
-  disjoint = (q_seg.max() < k_seg.min()) | (q_seg.min() > k_seg.max())
-  if causal:
-    disjoint |= q_pos.max() < k_pos.min()
-  return ~disjoint
+  """False only when every (query, key) pair of the block is masked (then it is skipped).
+
+  Exact: the block's own mask, [B, Q, R] booleans, ~1% of the block's score FLOPs at
+  head_dim 32. Id *ranges* over the batch are not enough for packed rows: positions restart
+  at every document, so above the diagonal no range test proves the block masked and a
+  causal packed step computed every block (1536-token demo stage: 3.97 s vs 2.19 s a step).
+  """
+  return make_mask(q_seg, k_seg, q_pos, k_pos, causal).any()
 
 
 def _scores(q_BQKGH, k_BRKH, qs, ks, qp, kp, causal, scale):

@@ -60,6 +60,23 @@ def test_blockwise_matches_dense(causal, n, kh, pos):
     np.testing.assert_allclose(g, g_ref, atol=F32_OP, rtol=0)
 
 
+def test_blocks_above_the_diagonal_of_packed_rows_are_skipped():
+  """Causal, packed documents, positions restarting per document: every block pair whose keys
+  all come after its queries is fully masked and must be skipped, though the positions in it
+  overlap (a range test over the batch keeps e.g. queries 24-31 vs keys 32-39). Pairs that are
+  not skipped have an allowed pair."""
+  _, _, _, seg, _, pos, _ = _inputs(t=40)
+  blk = 8
+  for i in range(0, 40, blk):
+    for j in range(0, 40, blk):
+      qs, ks = seg[:, i:i + blk], seg[:, j:j + blk]
+      qp, kp = pos[:, i:i + blk], pos[:, j:j + blk]
+      needed = bool(A._needed(qs, ks, qp, kp, True))
+      assert needed == bool(A.make_mask(qs, ks, qp, kp, True).any()), (i, j)
+      if j > i:
+        assert not needed, (i, j)
+
+
 @pytest.mark.slow
 def test_blockwise_queries_against_longer_keys():
   """T != S (a chunk of queries against a cache): same result as dense."""
