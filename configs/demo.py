@@ -14,8 +14,8 @@ RULER-format retrieval, copy rows) -> stepwise RoPE stages at 768 (theta 4e4) an
 for the base model, the base with zero-shot RoPE scaling (the last stage's RoPE) and every
 stage.
 
-Hardware: 2 CPU cores, ~3 GB RAM. Expected time: 19.0 minutes measured on the idle 2-core
-machine (copy stage 5.1 min, base stage 5.5 min, 768 stage 1.6 min, 1536 stage 4.4 min,
+Hardware: 2 CPU cores, ~3 GB RAM. Expected time: 17.2 minutes measured on the idle 2-core
+machine (copy stage 4.8 min, base stage 5.3 min, 768 stage 1.5 min, 1536 stage 3.1 min,
 evaluations ~0.5 min a model); more when other jobs share the cores.
 Expected result: `<workdir>/summary.txt` (effective lengths, RULER at 4x the base length,
 held-out NIAH answer loss per model), `ruler_curves.png`, `results/*.json`,
@@ -40,7 +40,7 @@ def get_config(arg=None):
     c.rope = common.rope(theta=10_000.0)
     c.mesh.update(data=-1, fsdp=1)  # CPU: plain data parallel over the local devices
     # Blockwise (flash-style) attention with 128-token blocks: on the 2-core CPU a train step
-    # is 1.3x (384), 1.6x (768) and 2.0x (1536 tokens) faster than dense attention
+    # is 1.25x (384), 1.74x (768) and 2.31x (1536 tokens) faster than dense attention
     # (bench/demo_attn_bench.py); the evaluations prefill with the same blocks.
     c.attn.update(impl="blockwise", block_q=128, block_k=128)
     c.data.update(builder="", batch_size=8)  # paths and tokenizer: filled in by lctx.demo
