@@ -238,10 +238,10 @@ class ChatPromptRunner:
         return self.inner.generate(ids, max_new_tokens, stop)
 
 
-def evaluate(workdir: str, name: str, spec: dict, tok: str, lengths: list[int], d,
-             attn=None) -> dict[str, Any]:
-    """RULER subset for one model; results in <workdir>/results/<name>.json. `attn` (the
-    run's `cfg.attn`): prefill attention blocks (blockwise; dense is not offered for eval)."""
+def evaluate(workdir: str, name: str, spec: dict, tok: str, lengths: list[int], d, attn
+             ) -> dict[str, Any]:
+    """RULER subset for one model; results in <workdir>/results/<name>.json. The runner
+    prefills blockwise with the run's `attn` block sizes."""
     from evals.ruler.text import load_tokenizer
     from evals.runners.lctx_runner import LctxRunner
 
@@ -250,7 +250,7 @@ def evaluate(workdir: str, name: str, spec: dict, tok: str, lengths: list[int], 
     inner = LctxRunner(os.path.join(workdir, "ckpt", spec["stage"]), tokenizer=tok,
                        rope=spec.get("rope"), max_model_len=max(lengths) + 32,
                        batch_size=int(d.eval_batch), progress=False,
-                       **_block_kwargs(attn))
+                       block_q=int(attn.block_q), block_k=int(attn.block_k))
     doc = demo_ruler.run(ChatPromptRunner(inner, tok), model=name,
                          tokenizer=load_tokenizer(tok), tokenizer_name=os.path.basename(tok),
                          lengths=lengths, tasks=_names(d.eval_tasks),
@@ -260,7 +260,7 @@ def evaluate(workdir: str, name: str, spec: dict, tok: str, lengths: list[int], 
     inner.close()
     # The RULER score is all-or-nothing; the held-out answer loss shows the same comparison
     # on a continuous scale (same records for every model).
-    losses = {str(T): answer_loss(workdir, spec, tok, T, d, attn) for T in sorted(
+    losses = {str(T): answer_loss(workdir, spec, tok, T, d) for T in sorted(
         {min(lengths), 4 * min(lengths)})}
     doc["answer_loss"] = losses
     from evals import scoring
@@ -274,16 +274,10 @@ def evaluate(workdir: str, name: str, spec: dict, tok: str, lengths: list[int], 
             "effective_length": s["effective_length"], "rope": spec.get("rope")}
 
 
-def _block_kwargs(attn) -> dict[str, int]:
-    if attn is None or attn.get("impl") != "blockwise":
-        return {}
-    return {"block_q": int(attn["block_q"]), "block_k": int(attn["block_k"])}
-
-
-def answer_loss(workdir: str, spec: dict, tok: str, seq_len: int, d, attn=None, n: int = 32
-                ) -> float:
+def answer_loss(workdir: str, spec: dict, tok: str, seq_len: int, d, n: int = 32) -> float:
     """Mean loss per answer token on `n` held-out NIAH conversations of `seq_len` tokens
-    (drawn with a seed neither training nor the RULER evaluation uses), one a row."""
+    (drawn with a seed neither training nor the RULER evaluation uses), one a row. The
+    attention is the run's own (`load_checkpoint` reads it from the run config)."""
     import jax
     import numpy as np
     from flax import nnx
@@ -294,9 +288,7 @@ def answer_loss(workdir: str, spec: dict, tok: str, seq_len: int, d, attn=None, 
     path = os.path.join(workdir, "data", f"heldout-{seq_len}.arrayrecord")
     if not os.path.exists(path):
         demo_data.retrieval_records(_names(d.train_tasks), [seq_len], n, tok, 99_991, path)
-    blocks = _block_kwargs(attn)
-    over = {"max_seq_len": seq_len + 8, "attn_impl": "blockwise" if blocks else "dense",
-            **blocks}
+    over = {"max_seq_len": seq_len + 8}
     if spec.get("rope"):
         over["rope"] = lctx_runner._rope_override(spec["rope"], seq_len)
     _, model, _ = lctx_runner.load_checkpoint(os.path.join(workdir, "ckpt", spec["stage"]),

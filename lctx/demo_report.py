@@ -53,7 +53,8 @@ def report(workdir: str, cfg, models: Sequence[str], lengths: Sequence[int]) -> 
     from evals import plot as plot_lib
     from evals import scoring
     stages = sorted(cfg.stages.keys())
-    base_len = int(cfg.stages[stages[int(cfg.demo.copy_stages)]].seq_len)
+    from lctx.demo import copy_stage_count  # lazy: lctx.demo imports this module
+    base_len = int(cfg.stages[stages[copy_stage_count(cfg)]].seq_len)
     docs = [scoring.load_results(os.path.join(workdir, "results", f"{m}.json"))
             for m in models]
     # Curves: every model; per-task panel of the last stage (the model the demo builds).
