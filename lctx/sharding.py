@@ -18,6 +18,10 @@ import numpy as np
 from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
+# Mesh axis names: every other module refers to them through these constants.
+DATA, FSDP, CONTEXT, TENSOR = "data", "fsdp", "context", "tensor"
+MESH_AXES = (DATA, FSDP, CONTEXT, TENSOR)  # slowest-varying first; context/tensor innermost
+
 # Logical axis -> mesh axes (a name, a tuple of names, or None = replicated). Config data:
 # pass your own to `use_mesh`/`init_sharded` to change the layout.
 DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
