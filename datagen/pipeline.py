@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 from lctx import records
 
-from datagen import chunking, concat, prompts, qa
+from datagen import chunking, concat, presets, prompts, qa
 from datagen.cache import CachedGenerator
 from datagen.config import Config
 from datagen.corpus import Document, Skip
@@ -30,11 +30,10 @@ def shard_name(kind: str, shard: int, num_shards: int, ext: str) -> str:
     return f"{kind}-{shard:05d}-of-{num_shards:05d}.{ext}"
 
 
-# The paper's lengths (K = 1024 tokens, as configs/paper.py) and their stage directories,
-# so `--out=data/paper` is directly the `data_root` of configs/paper.py.
-PAPER_LENGTHS = {"180k": 180 * 1024, "350k": 350 * 1024, "650k": 650 * 1024, "1m": 1024 * 1024}
-STAGE_DIRS = {180 * 1024: "s1_180k", 350 * 1024: "s2_350k", 650 * 1024: "s3_650k",
-              1024 * 1024: "s4_1m"}
+# The paper's lengths and their stage directories (datagen.presets), so `--out=data/paper`
+# is directly the `data_root` of configs/paper.py.
+PAPER_LENGTHS = {s.alias: s.seq_len for s in presets.PAPER_STAGES}
+STAGE_DIRS = {s.seq_len: s.name for s in presets.PAPER_STAGES}
 
 
 def parse_length(s: str) -> int:
