@@ -9,7 +9,7 @@ from evals.ruler import Options, Resources
 from evals.ruler.run import run
 from evals.ruler.text import load_tokenizer
 
-from ruler_run_test import RegexRunner
+from evals_ruler_run_test import RegexRunner
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

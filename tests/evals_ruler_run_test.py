@@ -73,7 +73,8 @@ def test_model_window_shorter_than_length_is_an_error(tok, tmp_path):
 
 
 def test_cli(sp_model_path, tmp_path, capsys):
-    args = [f"--model=m", "--runner=ruler_run_test:RegexRunner", f"--tokenizer={sp_model_path}",
+    args = [f"--model=m", "--runner=evals_ruler_run_test:RegexRunner",
+            f"--tokenizer={sp_model_path}",
             "--lengths=4096", "--tasks=niah_single_1", "--samples=2", f"--out={tmp_path}"]
     assert main(args) == 0
     assert "effective length: 4096" in capsys.readouterr().out
@@ -87,7 +88,7 @@ def test_cli(sp_model_path, tmp_path, capsys):
 def test_runner_factory_names():
     with pytest.raises(ValueError, match="use one of"):
         make_runner("tgi", "m")
-    assert isinstance(make_runner("ruler_run_test:RegexRunner", "m"), RegexRunner)
+    assert isinstance(make_runner("evals_ruler_run_test:RegexRunner", "m"), RegexRunner)
 
 
 def test_runner_args_and_real_runner_modules(tmp_path):

