@@ -10,6 +10,8 @@ from evals.infinitebench import synthetic
 from evals.infinitebench.scoring import rouge_lsum
 from evals.ruler.text import load_tokenizer
 
+from deps import require
+
 
 @pytest.fixture(scope="module")
 def tok(sp_model_path):
@@ -79,7 +81,7 @@ def test_score_task_mean():
 
 
 def test_rouge_lsum_matches_rouge_score_package():
-    rouge_scorer = pytest.importorskip("rouge_score.rouge_scorer")
+    rouge_scorer = require("rouge_score.rouge_scorer")
     scorer = rouge_scorer.RougeScorer(["rougeLsum"])
     rng = random.Random(0)
     words = "the cat sat on mat dog ran far away big red Cat. MAT, dog's".split()

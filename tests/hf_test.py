@@ -13,8 +13,10 @@ from lctx import hf, sharding
 from lctx.model import Llama, ModelConfig
 from lctx.rope import make_rope
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
+from deps import require
+
+torch = require("torch")
+transformers = require("transformers")
 pytestmark = pytest.mark.hf
 
 TOL = 1e-4  # fp32, whole model (per-block tolerance; never relaxed)

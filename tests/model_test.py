@@ -13,6 +13,8 @@ from flax import nnx
 from lctx import model as M
 from lctx import rope as R
 
+from deps import require
+
 TINY = dict(vocab_size=128, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=16,
             mlp_dim=128)
 F32_BLOCK = 1e-4  # fp32 tolerance per block (house rule)
@@ -271,7 +273,7 @@ def test_logits_match_hf(rope_name):
 
 def test_hf_parity_test_can_fail():
     """The converter is load-bearing: a q/k head permutation (HF interleave) breaks parity."""
-    pytest.importorskip("transformers")
+    require("transformers")
     import torch
     hf, cfg = hf_model("default")
     model = from_hf(hf, cfg)

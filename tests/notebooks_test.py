@@ -9,6 +9,7 @@ from evals.ruler import Options, Resources
 from evals.ruler.run import run
 from evals.ruler.text import load_tokenizer
 
+from deps import require
 from evals_ruler_run_test import RegexRunner
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -40,8 +41,8 @@ def test_plot_cli_and_table(results, tmp_path, capsys):
 
 
 def test_notebook_executes(results, tmp_path):
-    nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
+    nbformat = require("nbformat")
+    nbclient = require("nbclient")
     nb = nbformat.read(os.path.join(ROOT, "notebooks", "ruler_curves.ipynb"), as_version=4)
     os.environ["RULER_RESULTS"] = ",".join(results)
     os.environ["RULER_PLOT_OUT"] = str(tmp_path / "nb.png")

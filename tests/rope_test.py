@@ -14,8 +14,10 @@ import pytest
 
 from lctx import rope as R
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
+from deps import require
+
+torch = require("torch")
+transformers = require("transformers")
 from transformers import LlamaConfig  # noqa: E402
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS  # noqa: E402
 from transformers.models.llama import modeling_llama  # noqa: E402
