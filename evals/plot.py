@@ -12,7 +12,7 @@ import os
 import sys
 from typing import Sequence
 
-from evals import scoring
+from evals.ruler import scoring
 
 
 def curves(docs: Sequence[dict]) -> dict[str, dict[int, float]]:

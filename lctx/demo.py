@@ -263,7 +263,7 @@ def evaluate(workdir: str, name: str, spec: dict, tok: str, lengths: list[int], 
     losses = {str(T): answer_loss(workdir, spec, tok, T, d) for T in sorted(
         {min(lengths), 4 * min(lengths)})}
     doc["answer_loss"] = losses
-    from evals import scoring
+    from evals.ruler import scoring
     path = os.path.join(workdir, "results", f"{name}.json")
     scoring.write_json(path, doc)
     s = doc["summary"]

@@ -51,7 +51,7 @@ def _at(means: dict[str, float], length: int) -> float | None:
 def report(workdir: str, cfg, models: Sequence[str], lengths: Sequence[int]) -> dict[str, Any]:
     """Writes the plot, summary and stage metrics; returns the summary document."""
     from evals import plot as plot_lib
-    from evals import scoring
+    from evals.ruler import scoring
     stages = sorted(cfg.stages.keys())
     from lctx.demo import copy_stage_count  # lazy: lctx.demo imports this module
     base_len = int(cfg.stages[stages[copy_stage_count(cfg)]].seq_len)

@@ -16,7 +16,7 @@ import os
 from typing import Sequence
 
 
-from evals import scoring
+from evals.ruler import scoring
 from evals.ruler import fit, registry
 from evals.ruler.base import Options
 from evals.ruler.run import predict_resumable

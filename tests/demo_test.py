@@ -175,7 +175,7 @@ def test_smoke_demo_resumes_after_sigkill_and_reruns_nothing(tmp_path):
     assert sorted(p.name[:-5] for p in phases.iterdir()) == sorted(want)
 
     # Artefacts: results, curve, summary, stage metrics.
-    from evals import scoring
+    from evals.ruler import scoring
     for m in ("base", "zero-shot", "s2_768"):
         doc = scoring.load_results(str(wd / "results" / f"{m}.json"))
         assert set(doc["summary"]["length_means"]) == {"384", "768"}

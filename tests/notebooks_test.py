@@ -4,7 +4,8 @@ import os
 
 import pytest
 
-from evals import plot, scoring
+from evals import plot
+from evals.ruler import scoring
 from evals.ruler import Options, Resources
 from evals.ruler.run import run
 from evals.ruler.text import load_tokenizer

@@ -1,7 +1,7 @@
 """RULER (Hsieh et al. 2024), faithful to NVIDIA/RULER's 2024 code (e40fae1..230fddc).
 
 Benchmark definitions live in `constants`; one module per task family (`niah`, `vt`, `cwe`,
-`fwe`, `qa`); `registry.prepare` makes samples; `evals.scoring` scores them; `run` and
+`fwe`, `qa`); `registry.prepare` makes samples; `scoring` scores them; `run` and
 `python -m evals.ruler` run a model resumably. Defaults are the 2024 behaviour; `Options`
 offers the 2025 rewrite's fixes (binary search, repeated haystacks, typo fix, generation
 reserve for fwe).

@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 
 from tqdm import tqdm
 
-from evals import scoring
+from evals.ruler import scoring
 from evals.ruler import constants, fit, registry
 from evals.ruler.base import Options
 from evals.ruler.text import PieceCounter

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from evals import scoring
+from evals.ruler import scoring
 
 
 def test_postprocess_strips_and_turns_control_chars_into_newlines():
