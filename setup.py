@@ -5,6 +5,7 @@ TRAIN = [
     "jax>=0.10", "flax>=0.12", "optax", "orbax-checkpoint>=0.12", "grain>=0.2.18",
     "ml-collections", "absl-py", "numpy", "sentencepiece", "tokenizers", "array-record",
     "safetensors", "tqdm", "rich", "matplotlib", "wonderwords==2.2.0", "pyarrow",
+    "jinja2>=3.1.6",  # chat templates (lctx.chat), in the environment transformers uses
     "scipy", "rouge-score",  # RULER fwe (zeta) and InfiniteBench rougeLsum, as the references
 ]
 HF = ["torch==2.13.0", "transformers>=4.50"]  # parity tests and export checks (CPU wheel)

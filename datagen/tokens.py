@@ -40,7 +40,9 @@ class Counter:
         except Exception as e:  # noqa: BLE001 - e.g. a tokenizer without Llama-3 specials
             raise TokenizerError(f"tokenizer {getattr(tokenizer, 'path', '?')!r} cannot "
                                  f"render the chat format: {e}") from e
-        self.bos = 1  # <|begin_of_text|>
+        # Tokens beyond the turns: BOS, and the default system block of templates that
+        # have one (Llama-3.1's "Cutting Knowledge Date" header).
+        self.bos = self.fmt.fixed_count
         self._memo: dict[tuple[str, str], int] = {}
 
     def message(self, role: str, content: str) -> int:
@@ -48,7 +50,7 @@ class Counter:
         key = (role, content)
         n = self._memo.get(key)
         if n is None:
-            n = self._memo[key] = self.fmt.count([{"role": role, "content": content}]) - 1
+            n = self._memo[key] = self.fmt.count_turn(role, content)
         return n
 
     def messages(self, messages: Sequence[dict[str, str]]) -> int:

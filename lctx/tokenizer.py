@@ -1,11 +1,12 @@
-"""Tokenizers (SentencePiece `.model`, HF `tokenizer.json`) behind one interface, and the
-Llama-3 chat format. JAX-free: shared with `datagen` and `evals`.
+"""Tokenizers (SentencePiece `.model`, HF `tokenizer.json`) behind one interface, with the
+chat template their checkpoint carries. JAX-free: shared with `datagen` and `evals`.
 
     tok = load_tokenizer("path/to/model_dir")       # or a .model / tokenizer.json file
     ids = tok.encode("plain text")                   # no BOS; "<|eot_id|>" in text stays text
-    fmt = ChatFormat(tok)
-    ids, loss_mask = fmt.render([{"role": "user", "content": "hi"},
-                                 {"role": "assistant", "content": "hello"}])
+    tok.chat_template                                # the checkpoint's Jinja template, or None
+
+The chat format (`ChatFormat`, rendering conversations with that template) is in
+`lctx.chat`; it stays importable from here.
 """
 from __future__ import annotations
 
@@ -18,18 +19,10 @@ from typing import Sequence
 # that the chat format renders identically to Llama-3's.
 LLAMA3_SPECIALS = ("<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>",
                    "<|end_header_id|>", "<|eot_id|>")
-# Meta-Llama-3-8B-Instruct's chat template (its tokenizer_config.json): BOS before the first
-# turn, content trimmed, no date header. `ChatFormat` reproduces it token for token; exports
-# write it so HF/vLLM render prompts the same way.
-LLAMA3_CHAT_TEMPLATE = (
-    "{% set loop_messages = messages %}{% for message in loop_messages %}"
-    "{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n'"
-    "+ message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}"
-    "{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}"
-    "{% endif %}")
 # Extra end-of-turn pieces some Llama-3.x tokenizers carry; counted as EOS when present.
 _EXTRA_EOS = ("<|eom_id|>",)
+# Other Llama-3.x special pieces a chat template may emit (tool calls).
+_OTHER_SPECIALS = ("<|python_tag|>", "<|finetune_right_pad_id|>")
 _PAD_PIECES = ("<|finetune_right_pad_id|>", "<pad>", "[PAD]")
 _LOOKED_FOR = ("a SentencePiece .model file, an HF tokenizer.json, or a directory containing "
                "tokenizer.json or tokenizer.model")
@@ -72,6 +65,8 @@ class Tokenizer:
       eos_ids: every id that ends generation (eot, end_of_text, eom, native EOS).
       pad_id: a native pad piece if any, else `<|end_of_text|>`/EOS, else 0 (padding is
         always masked by segment id 0, so its value never reaches the loss).
+      chat_template: the Jinja chat template stored beside the tokenizer file
+        (chat_template.jinja, else tokenizer_config.json's `chat_template`), or None.
     """
 
     path: str
@@ -88,6 +83,21 @@ class Tokenizer:
                         if i is not None}
         pad = pick(native.get("pad"), *_PAD_PIECES, "<|end_of_text|>", native.get("eos"))
         self.pad_id = 0 if pad is None else pad
+        self._native = native
+        self.chat_template = read_chat_template(os.path.dirname(os.path.abspath(path)))
+
+    def special_token_strings(self) -> dict[str, str]:
+        """The special-token variables a chat template sees (`bos_token`, `eos_token`, ...),
+        as transformers passes them: the tokenizer config's strings, else our ids' pieces."""
+        out = {f"{k}_token": v for k, v in self._native.items() if v}
+        for key, i in (("bos_token", self.bos_id), ("eos_token", self.eot_id)):
+            if key not in out and i is not None:
+                out[key] = self.decode([i])
+        return out
+
+    def special_pieces(self) -> list[str]:
+        """Strings that are one special id when a chat template emits them."""
+        return [p for p in LLAMA3_SPECIALS + _EXTRA_EOS + _OTHER_SPECIALS if self.has_piece(p)]
 
     def _piece_id(self, piece: str) -> int | None:
         raise NotImplementedError
@@ -194,6 +204,11 @@ class HFTokenizer(Tokenizer):
     def _piece_id(self, piece):
         return self._tok.token_to_id(piece) if piece else None
 
+    def special_pieces(self):
+        # Every added token, as transformers splits them out of rendered chat text.
+        added = [t.content for t in self._tok.get_added_tokens_decoder().values()]
+        return sorted(set(added) | set(super().special_pieces()))
+
     def encode_batch(self, texts):
         encs = self._tok.encode_batch_fast(list(texts), add_special_tokens=False)
         return [e.ids for e in encs]
@@ -210,6 +225,26 @@ def _hf_native_specials(model_dir: str) -> dict[str, str | None]:
         cfg = json.load(f)
     token = lambda v: v.get("content") if isinstance(v, dict) else v  # noqa: E731
     return {k: token(cfg.get(f"{k}_token")) for k in ("bos", "eos", "pad")}
+
+
+def read_chat_template(model_dir: str) -> str | None:
+    """The chat template saved in `model_dir`: chat_template.jinja (transformers 5 writes it)
+    takes precedence over tokenizer_config.json's `chat_template` (older checkpoints, e.g.
+    Llama-3.1-8B-Instruct's), as in transformers; a list of named templates gives 'default'.
+    """
+    jinja_path = os.path.join(model_dir, "chat_template.jinja")
+    if os.path.isfile(jinja_path):
+        with open(jinja_path) as f:
+            return f.read()
+    cfg_path = os.path.join(model_dir, "tokenizer_config.json")
+    if not os.path.isfile(cfg_path):
+        return None
+    with open(cfg_path) as f:
+        template = json.load(f).get("chat_template")
+    if isinstance(template, list):
+        named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+        template = named.get("default")
+    return template if isinstance(template, str) and template else None
 
 
 def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
@@ -235,68 +270,9 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     return SentencePieceTokenizer(path)
 
 
-class ChatFormat:
-    """The Llama-3 chat format, token-exact with Llama-3's chat template.
-
-    Each turn is `<|start_header_id|>{role}<|end_header_id|>\\n\\n{content.strip()}<|eot_id|>`
-    after one `<|begin_of_text|>` (the template trims content). Role, the "\\n\\n" and
-    content are tokenised as separate texts: for Llama-3's pre-tokeniser this equals
-    tokenising the whole string, and it makes training ids match what generation after
-    `render_prompt` produces for any tokenizer.
-    """
-
-    def __init__(self, tokenizer: Tokenizer):
-        missing = [p for p in LLAMA3_SPECIALS if not tokenizer.has_piece(p)]
-        if missing:
-            raise TokenizerError(
-                f"tokenizer {tokenizer.path} lacks the Llama-3 special tokens {missing} that "
-                f"the chat format needs; use a Llama-3 tokenizer or one trained with "
-                f"lctx.tokenizer.train_sentencepiece (which reserves them)")
-        self.tok = tokenizer
-        sid = tokenizer.special_id
-        self.bos, self.eot = sid("<|begin_of_text|>"), sid("<|eot_id|>")
-        self.start_header, self.end_header = sid("<|start_header_id|>"), sid("<|end_header_id|>")
-        self._nl2 = tokenizer.encode("\n\n")
-        self._role_ids = {r: tokenizer.encode(r) for r in ("system", "user", "assistant")}
-
-    def _header(self, role: str) -> list[int]:
-        if role not in self._role_ids:
-            raise TokenizerError(f"message role {role!r} is not one of {tuple(self._role_ids)}")
-        return [self.start_header, *self._role_ids[role], self.end_header, *self._nl2]
-
-    def _check(self, messages: Sequence[dict]) -> None:
-        for i, m in enumerate(messages):
-            if not isinstance(m, dict) or "role" not in m or not isinstance(m.get("content"), str):
-                raise TokenizerError(f"messages[{i}] must be {{'role': str, 'content': str}}, "
-                                     f"found {m!r:.80}")
-
-    def render(self, messages: Sequence[dict]) -> tuple[list[int], list[int]]:
-        """Token ids of a whole conversation and its loss mask.
-
-        Returns:
-          (ids, loss_mask): loss_mask is 1 exactly on assistant content tokens and their
-          closing `<|eot_id|>` (the model must learn to stop), 0 elsewhere.
-        """
-        self._check(messages)
-        contents = self.tok.encode_batch([m["content"].strip() for m in messages])
-        ids, mask = [self.bos], [0]
-        for m, c_ids in zip(messages, contents):
-            head = self._header(m["role"])
-            w = 1 if m["role"] == "assistant" else 0
-            ids += head + c_ids + [self.eot]
-            mask += [0] * len(head) + [w] * (len(c_ids) + 1)
-        return ids, mask
-
-    def render_prompt(self, messages: Sequence[dict], answer_prefix: str = "") -> list[int]:
-        """Ids for generation: the conversation, then the assistant header, then the
-        (unstripped) `answer_prefix` as an assistant prefill."""
-        ids, _ = self.render(messages) if messages else ([self.bos], None)
-        ids = ids + self._header("assistant")
-        return ids + self.tok.encode(answer_prefix) if answer_prefix else ids
-
-    def count(self, messages: Sequence[dict]) -> int:
-        """Exact number of tokens `render(messages)` produces."""
-        self._check(messages)
-        contents = self.tok.encode_batch([m["content"].strip() for m in messages])
-        return 1 + sum(len(self._header(m["role"])) + len(c) + 1
-                       for m, c in zip(messages, contents))
+def __getattr__(name: str):
+    # The chat format moved to lctx.chat (which imports this module); keep the old names.
+    if name in ("ChatFormat", "LLAMA3_CHAT_TEMPLATE"):
+        from lctx import chat
+        return getattr(chat, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,7 +1,9 @@
-"""Tokenizer interface and the Llama-3 chat format, checked against HF's chat template."""
+"""Tokenizer interface and the chat format, checked token for token against HF's
+`apply_chat_template` with Llama-3's and Llama-3.1-8B-Instruct's own templates."""
 import importlib.util
 import json
 import os
+import shutil
 
 import pytest
 
@@ -56,6 +58,34 @@ def hf_tok_dir(tmp_path_factory, kjv_text):
     return str(out)
 
 
+# Llama-3.1-8B-Instruct's `chat_template` (its tokenizer_config.json), verbatim.
+LLAMA31_TEMPLATE_PATH = os.path.join(os.path.dirname(__file__), "fixtures",
+                                     "llama31_instruct_chat_template.jinja")
+
+
+def llama31_template() -> str:
+    with open(LLAMA31_TEMPLATE_PATH) as f:
+        return f.read()
+
+
+@pytest.fixture(scope="module")
+def hf_tok31_dir(hf_tok_dir, tmp_path_factory):
+    """The same tokenizer with Llama-3.1-8B-Instruct's template in tokenizer_config.json."""
+    out = tmp_path_factory.mktemp("hftok31")
+    shutil.copy(os.path.join(hf_tok_dir, "tokenizer.json"), out)
+    with open(out / "tokenizer_config.json", "w") as f:
+        json.dump({"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>",
+                   "tokenizer_class": "PreTrainedTokenizerFast",
+                   "chat_template": llama31_template()}, f)
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def hf_reference31(hf_tok31_dir):
+    from transformers import AutoTokenizer
+    return AutoTokenizer.from_pretrained(hf_tok31_dir)
+
+
 @pytest.fixture(scope="module")
 def hf_reference(hf_tok_dir):
     from transformers import PreTrainedTokenizerFast
@@ -78,6 +108,71 @@ def test_render_matches_llama3_chat_template(hf_tok_dir, hf_reference, conv):
     assert len(mask) == len(ids) and fmt.count(msgs) == len(ids)
     prompt = fmt.render_prompt(msgs[:-1])
     assert prompt == _template_ids(hf_reference, msgs[:-1], add_generation_prompt=True)
+
+
+def _masked_runs(ids, mask):
+    runs, cur = [], []
+    for i, m in zip(ids, mask):
+        if m:
+            cur.append(i)
+        elif cur:
+            runs.append(cur)
+            cur = []
+    return runs + ([cur] if cur else [])
+
+
+@pytest.mark.parametrize("conv", range(len(CONVERSATIONS)))
+def test_render_matches_llama31_chat_template(hf_tok31_dir, hf_reference31, conv):
+    """Llama-3.1's template adds a system block with its knowledge-cutoff and date header
+    (and folds a leading system message into it); training must render exactly that."""
+    tok = load_tokenizer(hf_tok31_dir)
+    fmt = ChatFormat(tok)
+    msgs = CONVERSATIONS[conv]
+    ids, mask = fmt.render(msgs)
+    assert ids == _template_ids(hf_reference31, msgs)
+    assert "Cutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024" in tok.decode(ids)
+    assert len(mask) == len(ids) and fmt.count(msgs) == len(ids)
+    replies = [m["content"].strip() for m in msgs if m["role"] == "assistant"]
+    assert [tok.decode(r) for r in _masked_runs(ids, mask)] == [r + "<|eot_id|>" for r in replies]
+    prompt = fmt.render_prompt(msgs[:-1])
+    assert prompt == _template_ids(hf_reference31, msgs[:-1], add_generation_prompt=True)
+    prefix = " Answer:"
+    text = hf_reference31.apply_chat_template(msgs[:-1], tokenize=False,
+                                              add_generation_prompt=True)
+    assert fmt.render_prompt(msgs[:-1], answer_prefix=prefix) == hf_reference31(
+        text + prefix, add_special_tokens=False)["input_ids"]
+
+
+def test_llama31_date_string(hf_tok31_dir, hf_reference31):
+    """The template's "Today Date" is a fixed default unless date_string is passed."""
+    msgs = CONVERSATIONS[0]
+    fmt = ChatFormat(load_tokenizer(hf_tok31_dir), date_string="02 Jan 2025")
+    ids, _ = fmt.render(msgs)
+    assert ids == _template_ids(hf_reference31, msgs, date_string="02 Jan 2025")
+    assert ids != ChatFormat(load_tokenizer(hf_tok31_dir)).render(msgs)[0]
+
+
+def test_template_from_chat_template_jinja(hf_tok_dir, tmp_path, hf_reference31):
+    """transformers 5 saves the template as chat_template.jinja beside the config."""
+    shutil.copy(os.path.join(hf_tok_dir, "tokenizer.json"), tmp_path)
+    with open(tmp_path / "tokenizer_config.json", "w") as f:
+        json.dump({"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>"}, f)
+    (tmp_path / "chat_template.jinja").write_text(llama31_template())
+    tok = load_tokenizer(tmp_path)
+    assert tok.chat_template == llama31_template()
+    msgs = CONVERSATIONS[1]
+    assert ChatFormat(tok).render(msgs)[0] == _template_ids(hf_reference31, msgs)
+
+
+def test_turn_counts_add_up(hf_tok31_dir, hf_tok_dir, sp_model_path):
+    """count = fixed_count + the sum of count_turn over the messages (datagen sizes
+    conversations this way), for every template, without a system message."""
+    for path in (hf_tok31_dir, hf_tok_dir, sp_model_path):
+        fmt = ChatFormat(load_tokenizer(path))
+        for msgs in CONVERSATIONS:
+            msgs = [m for m in msgs if m["role"] != "system"]
+            assert fmt.count(msgs) == fmt.fixed_count + sum(
+                fmt.count_turn(m["role"], m["content"]) for m in msgs), path
 
 
 def test_render_prompt_answer_prefix(hf_tok_dir, hf_reference):
