@@ -191,14 +191,7 @@ def test_loss_mask_covers_exactly_assistant_content_and_eot(backend, hf_tok_dir,
     msgs = CONVERSATIONS[1]
     ids, mask = fmt.render(msgs)
     # Walk the masked runs: each must decode to one assistant reply (trimmed) + <|eot_id|>.
-    runs, cur = [], []
-    for i, m in zip(ids, mask):
-        if m:
-            cur.append(i)
-        elif cur:
-            runs.append(cur)
-            cur = []
-    runs += [cur] if cur else []
+    runs = _masked_runs(ids, mask)
     replies = [m["content"].strip() for m in msgs if m["role"] == "assistant"]
     assert [tok.decode(r) for r in runs] == [r + "<|eot_id|>" for r in replies]
     assert all(r[-1] == tok.eot_id for r in runs)
