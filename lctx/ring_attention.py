@@ -103,24 +103,25 @@ def xla_block_fwd(q_BQKGH, k_BRKH, v_BRKH, allowed_BQR, scale):
     return o_BQKGH, m_BKGQ + jnp.log(l_BKGQ)
 
 
-def cudnn_block_fwd(q_BQKGH, k_BRKH, v_BRKH, allowed_BQR, scale):
-    """cuDNN flash block kernel (GPU only); same contract as `xla_block_fwd`.
+def dpa_block_fwd(q_BQKGH, k_BRKH, v_BRKH, allowed_BQR, scale, *, implementation="cudnn"):
+    """Block kernel on `jax.nn.dot_product_attention` (cuDNN on GPU); contract of `xla_block_fwd`.
 
-    Only the forward uses cuDNN: the ring's backward recomputes probabilities from the
-    ring-level logsumexp with the XLA block math, so cuDNN's VJP (which drops the
-    logsumexp cotangent) is never differentiated through.
+    With `return_residual=True` JAX returns the logsumexp as [B, Q, N] in the input dtype
+    (cuDNN computes it as [B, N, Q] fp32; JAX transposes and casts it): read it that way and
+    upcast. `implementation="xla"` is the CPU twin the layout test runs. Only the forward uses
+    this: the ring's backward recomputes probabilities from the ring-level logsumexp with the
+    XLA block math, so cuDNN's VJP (which drops the logsumexp cotangent) is never used.
     """
     b, q, k, g, h = q_BQKGH.shape
-    out_BQNH, lse_BNQ = jax.nn.dot_product_attention(
+    out_BQNH, lse_BQN = jax.nn.dot_product_attention(
         q_BQKGH.reshape(b, q, k * g, h), k_BRKH, v_BRKH, mask=allowed_BQR[:, None],
-        scale=scale, implementation="cudnn", return_residual=True)
+        scale=scale, implementation=implementation, return_residual=True)
     # A row with no allowed key is not guaranteed to be 0 by cuDNN: force the contract.
     any_BQ = allowed_BQR.any(-1)
     out_BQKGH = jnp.where(any_BQ[:, :, None, None, None],
                           out_BQNH.reshape(b, q, k, g, h).astype(_F32), 0.0)
-    lse_BKGQ = jnp.where(any_BQ[:, None, None], lse_BNQ.reshape(b, k, g, q).astype(_F32),
-                         -jnp.inf)
-    return out_BQKGH, lse_BKGQ
+    lse_BKGQ = lse_BQN.astype(_F32).transpose(0, 2, 1).reshape(b, k, g, q)
+    return out_BQKGH, jnp.where(any_BQ[:, None, None], lse_BKGQ, -jnp.inf)
 
 
 def _check_cudnn():
@@ -130,7 +131,8 @@ def _check_cudnn():
                          "kernel='xla' (portable).")
 
 
-BLOCK_KERNELS: dict[str, Callable] = {"xla": xla_block_fwd, "cudnn": cudnn_block_fwd}
+BLOCK_KERNELS: dict[str, Callable] = {
+    "xla": xla_block_fwd, "cudnn": functools.partial(dpa_block_fwd, implementation="cudnn")}
 
 
 def _block_bwd(q_BQKGH, k_BRKH, v_BRKH, do_BQKGH, lse_BKGQ, delta_BKGQ, allowed_BQR, scale):

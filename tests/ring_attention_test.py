@@ -183,3 +183,66 @@ def test_ring_memory_linear_under_layer_scan():
     stacked over all block pairs (O(T^2); 2x tokens gave ~3.9x memory)."""
     small, large = _layer_scan_temp_bytes(1024), _layer_scan_temp_bytes(2048)
     assert large < 2.5 * small, (small, large)
+
+
+@pytest.fixture
+def cudnn_twin(monkeypatch):
+    """Runs the 'cudnn' block kernel's own code on CPU: `jax.nn.dot_product_attention` is
+    forced to implementation='xla', which returns exactly what the cuDNN path returns with
+    `return_residual=True` (logsumexp [B, Q, N] in the input dtype)."""
+    real = jax.nn.dot_product_attention
+
+    def twin(*a, implementation=None, **kw):
+        assert implementation == "cudnn"
+        return real(*a, implementation="xla", **kw)
+
+    monkeypatch.setattr(jax.nn, "dot_product_attention", twin)
+    monkeypatch.setattr(ra, "_check_cudnn", lambda: None)
+
+
+@pytest.mark.parametrize("kernel", sorted(ra.BLOCK_KERNELS))
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_block_kernel_layout_contract(kernel, dtype, cudnn_twin):
+    """Every block kernel returns (out_BQKGH, lse_BKGQ), both float32, equal to the fp32
+    reference; a query with no allowed key gives out 0 and lse -inf."""
+    q, k, v, seg, pos = _inputs(seed=5)
+    q, k, v = (x[:1, :16].astype(dtype) for x in (q, k, v))
+    seg, pos = seg[:1, :16], pos[:1, :16]
+    q_seg = seg.at[:, :2].set(9)  # two queries whose segment has no key
+    allowed_BQR = (q_seg[:, :, None] == seg[:, None]) & (pos[:, :, None] >= pos[:, None])
+    q_BQKGH = q.reshape(1, 16, K, N // K, H)
+    out, lse = jax.jit(ra.BLOCK_KERNELS[kernel], static_argnums=4)(q_BQKGH, k, v, allowed_BQR,
+                                                                   H**-0.5)
+    from lctx.attention import block_attend
+    f32 = lambda x: x.astype(jnp.float32)
+    ref_out, ref_lse = block_attend(f32(q), f32(k), f32(v), q_seg, seg, pos, pos, causal=True,
+                                    scale=H**-0.5)
+    assert out.dtype == lse.dtype == jnp.float32
+    assert out.shape == q_BQKGH.shape and lse.shape == (1, K, N // K, 16)
+    tol = 1e-5 if dtype == jnp.float32 else 5e-2
+    np.testing.assert_allclose(out.reshape(ref_out.shape), ref_out, atol=tol, rtol=0)
+    np.testing.assert_allclose(lse.reshape(ref_lse.shape), ref_lse, atol=tol, rtol=0)
+    assert np.all(np.asarray(lse)[..., :2] == -np.inf) and not np.asarray(out)[:, :2].any()
+
+
+@pytest.mark.parametrize("contexts", [1, 8])
+def test_ring_cudnn_kernel_equals_dense(contexts, cudnn_twin):
+    """The ring with the 'cudnn' kernel (run through its CPU twin) equals dense attention in
+    values and gradients, on a one-device ring and on eight."""
+    mesh = _mesh({"context": contexts})
+    q, k, v, seg, pos = _inputs(seed=6)
+    perm = ra.zigzag_indices(T, contexts)
+    inv = ra.inverse_indices(perm)
+
+    def ring(q, k, v):
+        s, p = seg[:, perm], pos[:, perm]
+        return ra.ring_attention(q[:, perm], k[:, perm], v[:, perm], s, s, p, p, causal=True,
+                                 scale=H**-0.5, mesh=mesh, block=4, kernel="cudnn")[:, inv]
+
+    dense = lambda q, k, v: _dense(q, k, v, seg, pos, True)
+    np.testing.assert_allclose(jax.jit(ring)(q, k, v), dense(q, k, v), atol=1e-5, rtol=0)
+    w_BTNH = jnp.asarray(np.random.default_rng(1).normal(size=(B, T, N, H)), jnp.float32)
+    loss = lambda f: lambda *a: (f(*a) * w_BTNH).sum()
+    for a, b in zip(jax.jit(jax.grad(loss(ring), (0, 1, 2)))(q, k, v),
+                    jax.grad(loss(dense), (0, 1, 2))(q, k, v)):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
