@@ -6,7 +6,7 @@ import pytest
 
 from evals.ruler import Options, Resources
 from evals.ruler.__main__ import main
-from evals.ruler.run import make_runner, run
+from evals.ruler.run import run
 from evals.ruler.text import load_tokenizer
 
 
@@ -83,24 +83,3 @@ def test_cli(sp_model_path, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(args[:5] + ["--tasks=nope"] + args[6:])
     assert "known tasks" in capsys.readouterr().err
-
-
-def test_runner_factory_names():
-    with pytest.raises(ValueError, match="use one of"):
-        make_runner("tgi", "m")
-    assert isinstance(make_runner("evals_ruler_run_test:RegexRunner", "m"), RegexRunner)
-
-
-def test_runner_args_and_real_runner_modules(tmp_path):
-    from evals.ruler.run import RUNNERS, parse_runner_args
-    import importlib
-    assert parse_runner_args(["max_model_len=131072", "base_url=http://x/v1",
-                              "rope_parameters={\"factor\": 4}"]) == {
-        "max_model_len": 131072, "base_url": "http://x/v1", "rope_parameters": {"factor": 4}}
-    with pytest.raises(ValueError, match="key=value"):
-        parse_runner_args(["oops"])
-    for kind in ("vllm", "openai"):  # the modules exist and export the classes
-        module, cls = RUNNERS[kind]
-        assert hasattr(importlib.import_module(module), cls)
-    with pytest.raises(FileNotFoundError, match="not a directory"):
-        make_runner("vllm", str(tmp_path / "missing"))

@@ -1,5 +1,7 @@
-"""InfiniteBench scorers (`src/compute_scores.py`): first integer, word membership, first
-letter / answer-prefix for choices, token F1 for QA, rougeLsum F for summaries.
+"""InfiniteBench scorers (`src/compute_scores.py` at 88b3daa): first integer, word
+membership, first letter / option text / answer prefix for choices, token F1 for QA
+(characters for Chinese), rougeLsum F for summaries, last integer for code_run, letter or
+function name for code_debug, leading correct values for math_calc.
 
 rougeLsum uses Google's `rouge-score` package when installed (what the reference's
 `evaluate.load("rouge")` wraps, no stemmer); otherwise `rouge_lsum` below, the same
@@ -15,6 +17,16 @@ from collections import Counter
 def normalize_answer(s: str) -> str:
     s = "".join(ch for ch in s.lower() if ch not in set(string.punctuation))
     return " ".join(re.sub(r"\b(a|an|the)\b", " ", s).split())
+
+
+_ZH_PUNCT = ("！？｡。＂＃＄％＆＇（）＊＋，－／：；＜＝＞＠［＼］＾＿｀｛｜｝～｟｠｢｣､、〃》「」『』【】〔〕〖〗〘〙〚〛〜〝〞〟"
+             "〰〾〿–—‘’‛“”„‟…‧﹏.")
+
+
+def normalize_zh_answer(s: str) -> str:
+    """Lower-case, drop ASCII and Chinese punctuation and all whitespace."""
+    drop = set(string.punctuation + _ZH_PUNCT)
+    return "".join("".join(ch for ch in s.lower() if ch not in drop).split())
 
 
 def qa_f1(pred: str, truths) -> float:
@@ -40,8 +52,15 @@ def _words(pred: str, chars="\n:\"'.,?!{}") -> list[str]:
 
 
 def score_choice(pred: str, label) -> bool:
-    if pred and pred[0] in "ABCD":
+    """`get_score_one_longbook_choice_eng`: the first letter, the option text itself, an answer
+    prefix, then the first word that is a substring of "ABCD"."""
+    pred = pred.strip()
+    if pred == "":
+        return False
+    if pred[0] in "ABCD":
         return pred[0] in label
+    if pred in label:  # the option text (or letter) exactly
+        return True
     for c in "\n\"'.,?!{}":
         pred = pred.replace(c, " ")
     while "  " in pred:
@@ -58,6 +77,69 @@ def score_choice(pred: str, label) -> bool:
         if w in "ABCD":  # the reference's substring test ('' never occurs after split)
             return w in label
     return False
+
+
+def score_code_debug(pred: str, label) -> bool:
+    """`get_score_one_code_debug`: 'X.'/'X:' first, else the text after an answer prefix
+    starting with the letter or the function name."""
+    pred = pred.strip()
+    letter, fn_name = label[1], label[0]
+    if pred[:2] in (f"{letter}.", f"{letter}:"):
+        return True
+    for c in ("\n", "`", "'", '"', "-", "*", "Option", "option"):
+        pred = pred.replace(c, " ")
+    while "  " in pred:
+        pred = pred.replace("  ", " ")
+    for prefix in ("answer is:", "is:", "answer:", "correct option is:"):
+        idx = pred.find(prefix)
+        if idx == -1:
+            continue
+        if len(pred) < idx + len(prefix) + 1:
+            return False
+        after = pred[idx + len(prefix) + 1:]
+        return after.startswith(letter) or after.startswith(fn_name)
+    return False
+
+
+def score_code_run(pred: str, label) -> bool:
+    """`get_score_one_code_run`: the last word, as an integer, equals the label."""
+    pred = pred.strip()
+    for c in ("\n", ".", "`", "'", '"', ":"):
+        pred = pred.replace(c, " ")
+    words = pred.split()
+    try:
+        return bool(words) and int(words[-1]) == label
+    except ValueError:
+        return False
+
+
+def score_math_calc(pred: str, label: list, style: str) -> float:
+    """`get_score_one_math_calc`: the leading run of correct intermediate values / their
+    number (GPT-4's answers restate the first operand, which the reference drops)."""
+    if label and isinstance(label[0], list):
+        label = label[0]
+    nums = [int(x) for x in re.split("[^0-9]", pred) if x != ""]
+    if style == "chat":
+        nums = nums[1:]
+    right = 0
+    for want, got in zip(label, nums):
+        if want != got:
+            break
+        right += 1
+    return right / len(label)
+
+
+def qa_f1_zh(pred: str, truths) -> float:
+    """`qa_f1_score_zh`: character F1 after the Chinese normalisation."""
+    truths = [truths] if isinstance(truths, str) else truths
+    best = 0.0
+    for t in truths:
+        p, g = list(normalize_zh_answer(pred)), list(normalize_zh_answer(t))
+        same = sum((Counter(p) & Counter(g)).values())
+        if same:
+            prec, rec = same / len(p), same / len(g)
+            best = max(best, 2 * prec * rec / (prec + rec))
+    return best
 
 
 def score_math_find(pred: str, label) -> bool:
@@ -123,28 +205,46 @@ def rouge_lsum_reference(pred: str, target: str) -> float:
     return rouge_scorer.RougeScorer(["rougeLsum"]).score(target, pred)["rougeLsum"].fmeasure
 
 
-def score_one(task: str, pred: str, label) -> float:
-    """One prediction's score in [0, 1] with the reference's scorer for `task`."""
+def score_one(task: str, pred: str, label, style: str = "open") -> float:
+    """One prediction's score in [0, 1] with the reference's scorer for `task` (`style`
+    'chat' is the reference's GPT-4 path, which changes math_calc only)."""
     first = label[0] if isinstance(label, list) and label else label
     if task in ("passkey", "number_string"):
         return float(str(first) == first_int(pred))
     if task == "kv_retrieval":
         return float(first in _words(pred))
     if task == "longdialogue_qa_eng":
-        return float(first in [w.upper() for w in _words(pred)])
+        return float(first in [w.upper() for w in _words(pred.strip())])
     if task == "longbook_choice_eng":
         return float(score_choice(pred, label if isinstance(label, list) else [label]))
     if task == "longbook_qa_eng":
         return qa_f1(pred, label)
+    if task == "longbook_qa_chn":
+        return qa_f1_zh(pred, label)
     if task == "longbook_sum_eng":
         return rouge_lsum_reference(pred, first)
     if task == "math_find":
         return float(score_math_find(pred, first))
+    if task == "math_calc":
+        return score_math_calc(pred, label, style)
+    if task == "code_run":
+        return float(score_code_run(pred, first))
+    if task == "code_debug":
+        return float(score_code_debug(pred, label))
     raise ValueError(f"unknown InfiniteBench task {task!r}")
 
 
-def score_task(task: str, preds, labels) -> float:
-    """Mean score x100 over a task's predictions."""
+def score_task(task: str, preds, labels, style: str = "open", ndigits: int | None = 2
+               ) -> float:
+    """Mean score x100 over a task's predictions, rounded to `ndigits` (None: unrounded)."""
     if not preds:
         raise ValueError(f"{task}: no predictions")
-    return round(100 * sum(score_one(task, p, g) for p, g in zip(preds, labels)) / len(preds), 2)
+    mean = 100 * sum(score_one(task, p, g, style) for p, g in zip(preds, labels)) / len(preds)
+    return mean if ndigits is None else round(mean, ndigits)
+
+
+def average(scores: dict) -> float:
+    """The tables' 'Average': the plain mean of the (unrounded) task scores, to 2 decimals."""
+    if not scores:
+        raise ValueError("no task scores to average")
+    return round(sum(scores.values()) / len(scores), 2)

@@ -77,8 +77,9 @@ def _kv_examples(n_pairs: int, num_samples: int, seed: int):
 
 
 def generate(task: str, max_len: int, num_samples: int, tokenizer, seed: int = 42,
-             style: str = "open") -> list[dict]:
-    """Examples in the official JSONL layout whose prompts fit `max_len` tokens.
+             style: str = "open", prefix_tokens: int = 0) -> list[dict]:
+    """Examples in the official JSONL layout whose prompts (plus `prefix_tokens`, e.g. the
+    BOS the model input starts with) fit `max_len` tokens with the task's generation budget.
 
     The size (noise lines or pairs) starts from per-piece counts and shrinks in proportion
     to any overshoot of the longest prompt, measured exactly.
@@ -93,7 +94,7 @@ def generate(task: str, max_len: int, num_samples: int, tokenizer, seed: int = 4
     else:
         raise ValueError(f"no synthetic generator for {task!r}: passkey, number_string, "
                          "kv_retrieval")
-    budget = max_len - MAX_NEW_TOKENS[task]
+    budget = max_len - MAX_NEW_TOKENS[task] - prefix_tokens
     # Fit the size on exact counts: shrink in proportion to the overshoot until all fit.
     for _ in range(50):
         rows = build(size)

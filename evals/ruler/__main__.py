@@ -15,16 +15,13 @@ import sys
 from evals.ruler import constants, fit
 from evals.ruler.base import Options
 from evals.ruler.registry import Resources
+from evals.runners.registry import add_runner_flags
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m evals.ruler", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="model path or name for the runner")
-    p.add_argument("--runner_arg", action="append", default=[],
-                   help="key=value passed to the runner (JSON values), repeatable")
-    p.add_argument("--runner", default="vllm", help="vllm | openai | lctx | module:Class")
-    p.add_argument("--tokenizer", required=True, help="the model's tokenizer (.model/.json/dir)")
+    add_runner_flags(p)
     p.add_argument("--lengths", default="4096,8192,16384,32768,65536,131072")
     p.add_argument("--tasks", default="all", help="'all' or comma list: " +
                    ",".join(constants.TASKS))
@@ -64,7 +61,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     args = parse_args(argv)
-    from evals.ruler.run import make_runner, parse_runner_args, run
+    from evals.runners.registry import runner_from_flags
+    from evals.ruler.run import run
     from evals.ruler.text import load_tokenizer
     opts = Options(chat_template=args.chat_template, search=args.search,
                    repeat_haystack=args.repeat_haystack, fix_typos=args.fix_typos,
@@ -72,10 +70,7 @@ def main(argv=None) -> int:
                    remove_newline_tab=args.remove_newline_tab, seed=args.seed)
     res = Resources(args.essay_json, args.corpus, args.squad, args.hotpotqa)
     tokenizer = load_tokenizer(args.tokenizer)
-    kwargs = parse_runner_args(args.runner_arg)
-    if args.runner in ("vllm", "openai"):
-        kwargs.setdefault("tokenizer", args.tokenizer)
-    runner = make_runner(args.runner, args.model, **kwargs)
+    runner = runner_from_flags(args)
     try:
         doc = run(runner, model=args.model, tokenizer=tokenizer, tokenizer_name=args.tokenizer,
                   lengths=args.lengths, tasks=args.tasks, num_samples=args.samples,

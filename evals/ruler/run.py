@@ -7,56 +7,18 @@ results.json (lctx.ruler_results/v1).
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import logging
 import os
 from typing import Optional, Sequence
 
-from tqdm import tqdm
-
+from evals import predict
 from evals.ruler import scoring
 from evals.ruler import constants, fit, registry
 from evals.ruler.base import Options
 from evals.ruler.text import PieceCounter
 
 log = logging.getLogger("evals.ruler")
-
-RUNNERS = {  # kind -> (module, class); imported only when asked for
-    "vllm": ("evals.runners.vllm_runner", "VLLMRunner"),
-    "openai": ("evals.runners.openai_runner", "OpenAIRunner"),
-    "lctx": ("evals.runners.lctx_runner", "LctxRunner"),
-}
-
-
-def parse_runner_args(items) -> dict:
-    """`key=value` strings -> kwargs; values parsed as JSON when they parse, else strings."""
-    out = {}
-    for item in items or ():
-        if "=" not in item:
-            raise ValueError(f"--runner_arg {item!r}: use key=value (e.g. max_model_len=131072)")
-        k, v = item.split("=", 1)
-        try:
-            out[k] = json.loads(v)
-        except json.JSONDecodeError:
-            out[k] = v
-    return out
-
-
-def make_runner(kind: str, model: str, **kwargs):
-    """Builds a runner lazily: vllm | openai | lctx, or `package.module:Class`."""
-    if ":" in kind:
-        module, cls = kind.split(":", 1)
-    elif kind in RUNNERS:
-        module, cls = RUNNERS[kind]
-    else:
-        raise ValueError(f"--runner={kind!r}: use one of {sorted(RUNNERS)} or module:Class")
-    try:
-        mod = importlib.import_module(module)
-    except ImportError:
-        mod = importlib.import_module("evals.runners")  # classes exported by the package
-    return getattr(mod, cls)(model, **kwargs)
-
 
 def _model_window(runner, max_model_len: Optional[int]) -> Optional[int]:
     if max_model_len:
@@ -84,40 +46,15 @@ def load_or_prepare(task: str, length: int, num_samples: int, tokenizer, tokeniz
     return samples
 
 
-def _done(pred_path: str) -> dict[int, dict]:
-    done = {}
-    if os.path.exists(pred_path):
-        with open(pred_path, encoding="utf-8") as f:
-            for line in f:
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a line cut by an interrupted run: redo that sample
-                done[row["index"]] = row
-    return done
-
-
 def predict_resumable(runner, samples: list[dict], pred_path: str, max_new_tokens: int,
                       stop: list[str], batch_size: int, desc: str) -> dict[int, dict]:
-    """Predicts the samples not yet in `pred_path` (JSONL, appended and flushed per batch, so
-    a killed run redoes at most one batch); returns every prediction row by sample index."""
-    os.makedirs(os.path.dirname(pred_path), exist_ok=True)
-    done = _done(pred_path)
-    todo = [s for s in samples if s["index"] not in done]
-    with open(pred_path, "a", encoding="utf-8") as f, \
-            tqdm(total=len(samples), initial=len(samples) - len(todo), desc=desc,
-                 dynamic_ncols=True) as bar:
-        for i in range(0, len(todo), batch_size):
-            batch = todo[i:i + batch_size]
-            preds = runner.generate([s["input"] for s in batch], max_new_tokens, stop)
-            for s, p in zip(batch, preds):
-                row = {"index": s["index"], "pred": p, "outputs": s["outputs"],
-                       "length": s["length"]}
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-                done[s["index"]] = row
-            f.flush()
-            bar.update(len(batch))
-    return done
+    """Predicts the samples not yet in `pred_path` (`evals.predict`); returns every
+    prediction row (index, pred, outputs, length) by sample index."""
+    return predict.predict_resumable(
+        runner, samples, pred_path, prompt=lambda s: s["input"],
+        row=lambda s, p: {"index": s["index"], "pred": p, "outputs": s["outputs"],
+                          "length": s["length"]},
+        max_new_tokens=max_new_tokens, stop=stop, batch_size=batch_size, desc=desc)
 
 
 def run(runner, *, model: str, tokenizer, tokenizer_name: str, lengths: Sequence[int],
@@ -154,4 +91,4 @@ def run(runner, *, model: str, tokenizer, tokenizer_name: str, lengths: Sequence
     return doc
 
 
-__all__ = ["make_runner", "load_or_prepare", "run", "fit"]
+__all__ = ["load_or_prepare", "predict_resumable", "run", "fit"]

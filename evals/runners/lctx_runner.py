@@ -196,6 +196,7 @@ class LctxRunner:
         from lctx.tokenizer import load_tokenizer
 
         from evals.ruler.text import SpecialTextTokenizer
+        from evals.tokens import special_ids
         if attn_impl not in ("blockwise", "dense"):
             raise ValueError(
                 f"attn_impl={attn_impl!r}: use 'blockwise' or 'dense'. Ring attention is for "
@@ -235,7 +236,7 @@ class LctxRunner:
             raise ValueError(f"tokenizer {tokenizer} has {self.tokenizer.vocab_size} ids but "
                              f"the model's vocab_size is {self.cfg.vocab_size}")
         self._encoder = SpecialTextTokenizer(self.tokenizer)
-        self._special_ids = self._specials()
+        self._special_ids = special_ids(self.tokenizer)
         self.max_len = self.cfg.max_seq_len
         self.max_model_len = self.max_len
         self.batch_size, self.min_bucket, self.progress = batch_size, min_bucket, progress
@@ -257,17 +258,6 @@ class LctxRunner:
             return None
         return sharding_lib.make_mesh({"data": 1, "fsdp": len(devs), "context": 1,
                                        "tensor": 1}, devices=devs)
-
-    def _specials(self) -> set[int]:
-        """Ids dropped from the continuation text (HF's skip_special_tokens)."""
-        tok = self.tokenizer
-        ids = set(self._encoder.ids.values()) | set(tok.eos_ids)
-        if tok.bos_id is not None:
-            ids.add(tok.bos_id)
-        rust = getattr(tok, "_tok", None)  # HF tokenizer.json: its own special flags
-        if rust is not None and hasattr(rust, "get_added_tokens_decoder"):
-            ids |= {i for i, t in rust.get_added_tokens_decoder().items() if t.special}
-        return ids
 
     def encode(self, prompts: Prompts) -> list[list[int]]:
         """Token ids of the prompts: text with special-token strings read as special tokens
