@@ -75,9 +75,17 @@ def config_from_hf(hf: dict, **overrides) -> ModelConfig:
     return ModelConfig(**fields)
 
 
+EXPORT_DTYPES = ("bfloat16", "float16", "float32")
+
+
 def config_to_hf(cfg: ModelConfig, bos_id: int | None = None,
-                 eos_ids: list[int] | None = None) -> dict:
-    """A `LlamaForCausalLM` config.json dict (RoPE via `lctx.rope.rope_to_hf`, v5 style)."""
+                 eos_ids: list[int] | None = None, dtype: str | None = None) -> dict:
+    """A `LlamaForCausalLM` config.json dict that transformers 4.x and 5.x and vLLM read.
+
+    `dtype` is the weights' dtype (default `cfg.param_dtype`). RoPE goes in both spellings
+    (`_rope_keys`).
+    """
+    dtype = dtype or cfg.param_dtype
     out = {
         "architectures": ["LlamaForCausalLM"], "model_type": "llama",
         "vocab_size": cfg.vocab_size, "hidden_size": cfg.d_model,
@@ -87,12 +95,46 @@ def config_to_hf(cfg: ModelConfig, bos_id: int | None = None,
         "max_position_embeddings": cfg.max_seq_len, "rms_norm_eps": cfg.norm_eps,
         "tie_word_embeddings": cfg.tie_embeddings, "attention_bias": False, "mlp_bias": False,
         "attention_dropout": 0.0, "initializer_range": cfg.init_std, "use_cache": True,
-        "dtype": cfg.param_dtype, "bos_token_id": bos_id,
+        "dtype": dtype, "torch_dtype": dtype,  # 5.x reads `dtype`, 4.x `torch_dtype`
+        "bos_token_id": bos_id,
         "eos_token_id": (eos_ids[0] if len(eos_ids) == 1 else eos_ids) if eos_ids else None,
     }
-    # rope_to_hf may also set max_position_embeddings (dynamic: HF's original length).
-    out.update(rope_lib.rope_to_hf(cfg.rope, style="v5", head_dim=cfg.head_dim))
+    out.update(_rope_keys(cfg))
     return out
+
+
+def _rope_keys(cfg: ModelConfig) -> dict:
+    """RoPE as `rope_theta` + `rope_scaling` (transformers 4.x, vLLM) and `rope_parameters`
+    (5.x), checked to read back (as HF reads it: `lctx.rope.rope_from_hf`) to the same
+    frequencies and attention scaling.
+
+    Where HF would derive a different attention scaling from the written fields (longrope
+    without `factor`: HF takes max_position_embeddings / original, lctx 1.0), the scaling
+    lctx trained with is written as `attention_factor`.
+
+    Raises:
+      CheckpointError: a RoPE that config.json cannot express exactly.
+    """
+    h, rope = cfg.head_dim, cfg.rope
+    keys = {**rope_lib.rope_to_hf(rope, style="legacy", head_dim=h),
+            **rope_lib.rope_to_hf(rope, style="v5", head_dim=h)}
+    want = rope.attention_scaling(h)
+
+    def read_back():
+        return rope_lib.rope_from_hf({"max_position_embeddings": cfg.max_seq_len,
+                                      "head_dim": h, **keys})
+
+    if read_back().attention_scaling(h) != want and keys.get("rope_scaling"):
+        for section in ("rope_scaling", "rope_parameters"):
+            keys[section] = {**keys[section], "attention_factor": want}
+    back = read_back()
+    long = max(cfg.max_seq_len, getattr(rope, "original_max_position_embeddings", 0) or 0) + 1
+    for seq_len in (None, long):
+        if (not np.array_equal(back.inv_freq(h, seq_len), rope.inv_freq(h, seq_len))
+                or back.attention_scaling(h, seq_len) != rope.attention_scaling(h, seq_len)):
+            raise CheckpointError(f"export: RoPE {rope} reads back from config.json as {back}, "
+                                  f"which differs at seq_len={seq_len}")
+    return keys
 
 
 # ---- the layout map ---------------------------------------------------------------------
@@ -269,12 +311,15 @@ def _from_lctx(kind: str, w: np.ndarray) -> np.ndarray:
 
 def export_hf(model: Llama, cfg: ModelConfig | str | os.PathLike | None = None,
               out_dir: str | os.PathLike | None = None, tokenizer_path: str | None = None, *,
-              tokenizer: str | None = None, max_shard_bytes: int = 4 << 30) -> str:
+              tokenizer: str | None = None, dtype: str = "bfloat16",
+              max_shard_bytes: int = 4 << 30) -> str:
     """Writes `model` as an HF `LlamaForCausalLM` directory, atomically.
 
     Writes model.safetensors (or model-0000i-of-0000n.safetensors + index when larger than
-    `max_shard_bytes`), config.json (RoPE via `lctx.rope.rope_to_hf`), generation_config.json
-    and the tokenizer files. The directory is built beside `out_dir` and renamed into place.
+    `max_shard_bytes`) in `dtype`, config.json (RoPE in the spellings of transformers 4.x,
+    5.x and vLLM), generation_config.json and the tokenizer files with the chat template
+    training used (`copy_tokenizer`). The directory is built beside `out_dir` and renamed
+    into place.
 
     Args:
       model: the lctx model (params may be sharded, even across processes).
@@ -282,6 +327,8 @@ def export_hf(model: Llama, cfg: ModelConfig | str | os.PathLike | None = None,
       out_dir: the directory to create (replaced if it exists).
       tokenizer_path / tokenizer: a tokenizer file or directory to copy (optional); its
         bos/eos ids go into the configs.
+      dtype: weight dtype on disk: bfloat16 (default; what serving loads, half the bytes of
+        the float32 master weights), float16 or float32 (exact copy of the weights).
 
     Returns:
       `out_dir`.
@@ -291,6 +338,10 @@ def export_hf(model: Llama, cfg: ModelConfig | str | os.PathLike | None = None,
     if out_dir is None:
         raise ValueError("export_hf needs out_dir")
     cfg = cfg or model.cfg
+    if dtype not in EXPORT_DTYPES:
+        raise ValueError(f"export_hf dtype={dtype!r}: use bfloat16, float16 or float32")
+    np_dtype = np.dtype(jax.numpy.dtype(dtype))
+    config_to_hf(cfg, dtype=dtype)  # a RoPE config.json cannot express fails before writing
     out_dir = os.path.abspath(os.fspath(out_dir))
     tokenizer_path = tokenizer_path or tokenizer
     tok = None
@@ -309,12 +360,12 @@ def export_hf(model: Llama, cfg: ModelConfig | str | os.PathLike | None = None,
                 cache.clear()
                 cache["w"] = _host(leaf)
             w = cache["w"] if layer is None else cache["w"][layer]
-            return _from_lctx(kind, w)
+            return _from_lctx(kind, w).astype(np_dtype)  # cast one layer at a time
 
         inner = tuple(leaf.shape[1:] if "{}" in template else leaf.shape)
         for layer in layers:
             name = template.format(layer) if layer is not None else template
-            tensors.append((name, _hf_shape(kind, inner), np.dtype(leaf.dtype),
+            tensors.append((name, _hf_shape(kind, inner), np_dtype,
                             lambda layer=layer, get=get: get(layer)))
     main = jax.process_index() == 0
     tmp = f"{out_dir}.tmp-{os.getpid()}"
@@ -326,7 +377,7 @@ def export_hf(model: Llama, cfg: ModelConfig | str | os.PathLike | None = None,
         return out_dir
     bos = tok.bos_id if tok else None
     eos = sorted(tok.eos_ids) if tok else None
-    files = {"config.json": config_to_hf(cfg, bos, eos),
+    files = {"config.json": config_to_hf(cfg, bos, eos, dtype=dtype),
              "generation_config.json": {"bos_token_id": bos, "eos_token_id": eos,
                                         "pad_token_id": tok.pad_id if tok else None}}
     for name, obj in files.items():
@@ -481,12 +532,18 @@ def write_safetensors_dir(directory: str | None, tensors: list, max_shard_bytes:
 
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json",
-                    "special_tokens_map.json")
+                    "special_tokens_map.json", "chat_template.jinja")
 
 
 def copy_tokenizer(src: str, dst_dir: str, tok) -> None:
-    """Copies tokenizer files into `dst_dir`; writes a tokenizer_config.json (bos/eos tokens,
-    Llama-3 chat template when the tokenizer has its special tokens) if none came along."""
+    """Copies tokenizer files into `dst_dir` with the chat template training rendered.
+
+    The template (the tokenizer's own, else lctx's Llama-3 default: what `ChatFormat`
+    used) is written both as tokenizer_config.json's `chat_template` (transformers 4.x,
+    vLLM) and as chat_template.jinja (transformers 5), so `apply_chat_template` and
+    vLLM's `llm.chat` build the prompts training saw. A tokenizer_config.json with bos/eos
+    tokens is written if none came along.
+    """
     from lctx import tokenizer as tok_lib
     src = os.fspath(src)
     if os.path.isdir(src):
@@ -502,12 +559,19 @@ def copy_tokenizer(src: str, dst_dir: str, tok) -> None:
     else:
         shutil.copyfile(src, os.path.join(dst_dir, "tokenizer.model"))
     cfg_path = os.path.join(dst_dir, "tokenizer_config.json")
-    if not os.path.exists(cfg_path):
+    if os.path.exists(cfg_path):
+        with open(cfg_path) as f:
+            cfg = json.load(f)
+    else:
         piece = lambda i: None if i is None else tok.decode([i])  # noqa: E731
         cfg = {"bos_token": piece(tok.bos_id), "eos_token": piece(tok.eot_id)}
-        if all(tok.has_piece(p) for p in tok_lib.LLAMA3_SPECIALS):
-            cfg["chat_template"] = tok_lib.LLAMA3_CHAT_TEMPLATE
         if isinstance(tok, tok_lib.HFTokenizer):
             cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
-        with open(cfg_path, "w") as f:
-            json.dump(cfg, f, indent=2)
+    if all(tok.has_piece(p) for p in tok_lib.LLAMA3_SPECIALS):
+        template = tok.chat_template or tok_lib.LLAMA3_CHAT_TEMPLATE
+        if not isinstance(cfg.get("chat_template"), list):  # keep named template sets
+            cfg["chat_template"] = template
+        with open(os.path.join(dst_dir, "chat_template.jinja"), "w") as f:
+            f.write(template)
+    with open(cfg_path, "w") as f:
+        json.dump(cfg, f, indent=2)

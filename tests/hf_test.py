@@ -103,7 +103,7 @@ def test_export_loads_in_transformers(tmp_path, tokens_BT, tie, sp_model_path):
         norm.scale[...] = jax.random.uniform(jax.random.key(2), norm.scale.shape,
                                              minval=0.5, maxval=1.5)
     out = hf.export_hf(model, cfg, str(tmp_path / "export"), tokenizer_path=sp_model_path,
-                       max_shard_bytes=200_000)
+                       max_shard_bytes=200_000, dtype="float32")
     files = sorted(os.listdir(out))
     assert "model.safetensors.index.json" in files and "tokenizer.model" in files
     assert not [f for f in os.listdir(tmp_path) if ".tmp-" in f]
@@ -189,3 +189,131 @@ def test_unsupported_config_error():
     with pytest.raises(hf.CheckpointError, match="attention_bias=True"):
         hf.config_from_hf({**base, "attention_bias": True})
     assert hf.config_from_hf(base, attn_impl="blockwise").attn_impl == "blockwise"
+
+
+# ---- exports a user can serve: every RoPE type, bf16, the chat template ---------------------
+
+def _longrope(**kw):
+    short = [1.0, 1.1, 1.3, 1.6, 2.0, 2.5, 3.1, 3.8]  # head_dim 16: 8 frequencies
+    return make_rope("longrope", theta=10000.0, short_factor=short,
+                     long_factor=[2 * s for s in short], original_max_position_embeddings=16,
+                     **kw)
+
+
+# Lengths are past every original window (16) so the scaled branches run at T=24.
+EXPORT_ROPES = {
+    "default": make_rope("default", theta=10000.0),
+    "linear": make_rope("linear", theta=10000.0, factor=2.0),
+    "ntk": make_rope("ntk", theta=10000.0, factor=4.0),
+    "dynamic": make_rope("dynamic", theta=10000.0, factor=2.0, max_position_embeddings=16),
+    "yarn": make_rope("yarn", theta=10000.0, factor=4.0, original_max_position_embeddings=16),
+    "llama3": make_rope("llama3", theta=500000.0, factor=8.0, low_freq_factor=1.0,
+                        high_freq_factor=4.0, original_max_position_embeddings=16),
+    "longrope": _longrope(factor=4.0),
+    "longrope-no-factor": _longrope(),
+}
+
+
+def _random_lctx(rope, vocab=96, tie=False):
+    cfg = ModelConfig(vocab_size=vocab, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2,
+                      head_dim=16, mlp_dim=112, max_seq_len=256, tie_embeddings=tie,
+                      rope=rope, init_std=0.2)
+    model = Llama(cfg, rngs=nnx.Rngs(1))
+    for norm in (model.layers.attn_norm, model.layers.mlp_norm, model.final_norm):
+        norm.scale[...] = jax.random.uniform(jax.random.key(2), norm.scale.shape,
+                                             minval=0.5, maxval=1.5)
+    return cfg, model
+
+
+@pytest.mark.parametrize("name", list(EXPORT_ROPES))
+def test_export_round_trips_every_rope_type(name, tmp_path, tokens_BT):
+    """lctx -> config.json -> transformers gives lctx's logits, and lctx reads back the same
+    RoPE. (longrope without `factor`: HF derives factor = max_position_embeddings /
+    original and scales attention by 1.41 where lctx used 1.0, unless the export pins it.)"""
+    rope = EXPORT_ROPES[name]
+    cfg, model = _random_lctx(rope)
+    out = hf.export_hf(model, cfg, str(tmp_path / "export"), dtype="float32")
+    with open(os.path.join(out, "config.json")) as f:
+        conf = json.load(f)
+    # Both spellings: rope_scaling (transformers 4.x, vLLM) and rope_parameters (5.x).
+    assert "rope_parameters" in conf and "rope_scaling" in conf and "rope_theta" in conf
+    ref = transformers.LlamaForCausalLM.from_pretrained(out, attn_implementation="eager").eval()
+    np.testing.assert_allclose(hf_logits(ref, tokens_BT), lctx_logits(model, tokens_BT),
+                               atol=TOL, rtol=0)
+    cfg2 = hf.config_from_hf(conf)
+    for seq_len in (None, 8, 24):
+        np.testing.assert_array_equal(cfg2.rope.inv_freq(16, seq_len), rope.inv_freq(16, seq_len))
+        assert cfg2.rope.attention_scaling(16, seq_len) == rope.attention_scaling(16, seq_len)
+    if name != "longrope-no-factor":  # there HF's derived factor is written out
+        assert cfg2.rope == rope
+
+
+def _safetensors_dtypes(directory):
+    out = set()
+    for f in os.listdir(directory):
+        if f.endswith(".safetensors"):
+            with open(os.path.join(directory, f), "rb") as fh:
+                n = int.from_bytes(fh.read(8), "little")
+                header = json.loads(fh.read(n))
+            out |= {v["dtype"] for k, v in header.items() if k != "__metadata__"}
+    return out
+
+
+def test_export_is_bf16_by_default(tmp_path, tokens_BT):
+    cfg, model = _random_lctx(EXPORT_ROPES["llama3"])
+    out = hf.export_hf(model, cfg, str(tmp_path / "bf16"))
+    assert _safetensors_dtypes(out) == {"BF16"}
+    with open(os.path.join(out, "config.json")) as f:
+        conf = json.load(f)
+    assert conf["dtype"] == conf["torch_dtype"] == "bfloat16"
+    # transformers upcasts the bf16 weights; lctx with the same rounded weights agrees.
+    ref = transformers.LlamaForCausalLM.from_pretrained(
+        out, attn_implementation="eager", dtype=torch.float32).eval()
+    params = nnx.state(model, nnx.Param)
+    nnx.update(model, jax.tree.map(lambda x: x.astype(jax.numpy.bfloat16).astype(x.dtype),
+                                   params))
+    np.testing.assert_allclose(hf_logits(ref, tokens_BT), lctx_logits(model, tokens_BT),
+                               atol=TOL, rtol=0)
+    fp32 = hf.export_hf(model, cfg, str(tmp_path / "fp32"), dtype="float32")
+    assert _safetensors_dtypes(fp32) == {"F32"}
+    with pytest.raises(ValueError, match="dtype='int8'.*bfloat16, float16 or float32"):
+        hf.export_hf(model, cfg, str(tmp_path / "bad"), dtype="int8")
+
+
+@pytest.fixture(scope="module")
+def tok31_dir(tmp_path_factory, kjv_text):
+    """A Llama-3-style tokenizer.json with Llama-3.1-8B-Instruct's chat template."""
+    from tokenizer_test import build_llama3_style_tokenizer_json, llama31_template
+    out = tmp_path_factory.mktemp("tok31")
+    build_llama3_style_tokenizer_json(kjv_text[:300_000], str(out), vocab_size=512)
+    with open(out / "tokenizer_config.json") as f:
+        conf = json.load(f)
+    conf.update(chat_template=llama31_template(), tokenizer_class="PreTrainedTokenizerFast")
+    with open(out / "tokenizer_config.json", "w") as f:
+        json.dump(conf, f)
+    return str(out)
+
+
+def test_export_keeps_the_chat_template(tmp_path, tok31_dir, sp_model_path):
+    """The export renders prompts exactly as training did, in transformers and in lctx."""
+    from tokenizer_test import CONVERSATIONS, llama31_template
+
+    from lctx.tokenizer import LLAMA3_CHAT_TEMPLATE, ChatFormat, load_tokenizer
+    cfg, model = _random_lctx(EXPORT_ROPES["llama3"], vocab=512)
+    out = hf.export_hf(model, cfg, str(tmp_path / "hf31"), tokenizer=tok31_dir)
+    with open(os.path.join(out, "tokenizer_config.json")) as f:
+        assert json.load(f)["chat_template"] == llama31_template()
+    with open(os.path.join(out, "chat_template.jinja")) as f:
+        assert f.read() == llama31_template()
+    hf_tok = transformers.AutoTokenizer.from_pretrained(out)
+    train = ChatFormat(load_tokenizer(tok31_dir))
+    for msgs in CONVERSATIONS:
+        ids = train.render(msgs)[0]
+        assert list(hf_tok.apply_chat_template(msgs, tokenize=True, return_dict=False)) == ids
+        assert ChatFormat(load_tokenizer(out)).render(msgs)[0] == ids
+    # A tokenizer without a template trained with the Llama-3 default: the export says so.
+    cfg, model = _random_lctx(EXPORT_ROPES["llama3"], vocab=1024)
+    out = hf.export_hf(model, cfg, str(tmp_path / "sp"), tokenizer=sp_model_path)
+    with open(os.path.join(out, "chat_template.jinja")) as f:
+        assert f.read() == LLAMA3_CHAT_TEMPLATE
+    assert load_tokenizer(out).chat_template == LLAMA3_CHAT_TEMPLATE
