@@ -24,6 +24,7 @@ them, so what crosses a boundary lies inside the window. Samples up to
 from __future__ import annotations
 
 import dataclasses
+import functools
 import random
 from typing import Any, Sequence
 
@@ -42,9 +43,30 @@ class Lengths:
 
     def __init__(self, tokenizer: Any):
         self.tok = tokenizer
-        self.counter = Counter(tokenizer)
-        self.user_overhead = self.counter.message("user", "")  # header + <|eot_id|>
         self._small: dict[str, int] = {}
+
+    @functools.cached_property
+    def sep_left(self) -> bool:
+        """Whether the separator is counted with the text before it ("text.\\n\\n" |
+        "Passage 2:") rather than after it ("text." | "\\n\\nPassage 2:"). Llama-3's
+        pre-tokenizer joins punctuation and the newlines after it (".\\n\\n" is one
+        token); GPT-2's keeps newlines apart and merges "\\n\\n" only before more
+        whitespace. Probed once per tokenizer; every boundary is still checked."""
+        ends = [".", "!", "?", '"', ")", "a", "1", ":", ";", "'", "]", "-"]
+        texts = [f"Some words here{e}" for e in ends]
+        head = "Passage 12:\n"
+        left = self.separable([(t + SEP, head) for t in texts])
+        right = self.separable([(t, SEP + head) for t in texts])
+        return sum(left) > sum(right)
+
+    @functools.cached_property
+    def counter(self) -> Counter:
+        """The chat format's per-message counts (needs the Llama-3 special tokens)."""
+        return Counter(self.tok)
+
+    @functools.cached_property
+    def user_overhead(self) -> int:
+        return self.counter.message("user", "")  # header + <|eot_id|>
 
     def count(self, texts: Sequence[str]) -> list[int]:
         """Token counts of texts on their own (short ones, headers, are remembered)."""
@@ -157,8 +179,9 @@ class _Draw:
         self.corpus, self.exclude, self.L = corpus, exclude, lengths
         self.order = np.random.default_rng(seed).permutation(len(corpus))
         self.at = 0
-        self.tokens: dict[int, int] = {}
+        self.tokens: dict[int, int] = {}   # tokens of the passage's atom
         self.texts: dict[int, str] = {}
+        self.atoms: dict[int, str] = {}    # the same string objects every layout
 
     def next(self, n: int) -> list[int]:
         out = []
@@ -168,9 +191,10 @@ class _Draw:
             if i not in self.exclude:
                 out.append(i)
         got = self.corpus.get(out)
+        tail = SEP if self.L.sep_left else ""
         for i, p in zip(out, got):
-            self.texts[i] = p["text"]
-        for i, n_tok in zip(out, self.L.count([p["text"] for p in got])):
+            self.texts[i], self.atoms[i] = p["text"], p["text"] + tail
+        for i, n_tok in zip(out, self.L.count([self.atoms[i] for i in out])):
             self.tokens[i] = n_tok
         return out
 
@@ -185,18 +209,19 @@ def assemble(content: Content, target: int, corpus, lengths: Lengths, seed: int,
         """Atoms of the user turn for `slots` (Block = relevant, int = corpus index,
         "filler" = the filler with text `cut`), the relevant blocks' numbers, the answer."""
         out, nums, k = [], [], 0
+        pre, post = ("", SEP) if lengths.sep_left else (SEP, "")
         for j, slot in enumerate(slots):
             block = slot if isinstance(slot, Block) else None
             if block is None or block.numbered:
                 k += 1
-            out.append((SEP if j else "") + _header(block, k))
+            out.append((pre if j else "") + _header(block, k))
             if block is not None:
                 nums.append(k if block.numbered else None)
-                out.append(block.text)
+                out.append(block.text + post)
             else:
-                out.append(cut if slot == "filler" else draw.texts[slot])
+                out.append(cut + post if slot == "filler" else draw.atoms[slot])
         tail, answer, _ = content.finish(nums)
-        out.append((SEP if slots else "") + tail)
+        out.append((pre if slots else "") + tail)
         return out, nums, answer
 
     def tokens(slots, cut=None) -> tuple[int, str]:
@@ -211,7 +236,7 @@ def assemble(content: Content, target: int, corpus, lengths: Lengths, seed: int,
     if base > target:
         return NoFit("content", base)
     draw = _Draw(corpus, content.exclude, seed, lengths)
-    head = lengths.count([SEP + "Passage 1000:\n"])[0]
+    head = lengths.count([SEP + "Passage 1000:\n"])[0]  # an estimate: the loop corrects
     chosen, est = [], base
     while True:  # distractors while they fit (by their counted texts), plus the filler
         batch = draw.next(32)
@@ -239,22 +264,32 @@ def assemble(content: Content, target: int, corpus, lengths: Lengths, seed: int,
     filler_at = rng.choice([j for j, s in enumerate(slots) if not isinstance(s, Block)])
     filler = slots[filler_at]
     slots[filler_at] = "filler"
+    # Each evaluation below changes the atoms in one place only (the filler, or slots near
+    # the end), so `Atoms.set` re-counts little even for a 10M-token sample.
+    order = ("lo", "hi")
     for _ in range(max_rounds):
-        ftext = draw.texts[filler]
-        lo_n, _ = tokens(slots, ftext[:1])
-        if target < lo_n:  # too many distractors: drop the last one that is not the filler
+        ftext, action = draw.texts[filler], None
+        for which in order:
+            got, _ = tokens(slots, ftext[:1] if which == "lo" else ftext)
+            if which == "lo" and target < got:
+                action = "drop"  # too many distractors even with a 1-char filler
+                break
+            if which == "hi" and target > got:
+                action, hi_n = "append", got  # too few even with the whole filler
+                break
+        if action == "drop":  # drop the last distractor that is not the filler
             drop = [j for j, s in enumerate(slots) if isinstance(s, int)]
             if not drop:  # content + the smallest filler overshoot: no exact fit
-                return NoFit("content", lo_n)
+                return NoFit("content", got)
             del slots[drop[-1]]
+            order = ("lo", "hi")
             continue
-        hi_n, _ = tokens(slots, ftext)
-        if target > hi_n:  # too few: append more (estimated) before the prompt
-            want = max(1, (target - hi_n) // max(1, draw.tokens[filler] + head))
-            more = draw.next(want)
+        if action == "append":  # append (an estimated number) before the prompt
+            more = draw.next(max(1, (target - hi_n) // max(1, draw.tokens[filler] + head)))
             if not more:
                 return NoFit("corpus", hi_n)  # the corpus is too small for this target
             slots += more
+            order = ("hi", "lo")
             continue
         cut = _fit(ftext, target, lambda c: tokens(slots, c)[0], lengths)
         if cut is not None:
@@ -262,7 +297,7 @@ def assemble(content: Content, target: int, corpus, lengths: Lengths, seed: int,
         more = draw.next(1)  # no cut of this passage hits the target: another filler
         if not more:
             return NoFit("corpus", target)
-        filler = more[0]
+        filler, order = more[0], ("lo", "hi")
     else:
         raise RuntimeError(f"no exact fit for target {target} after {max_rounds} rounds")
     parts, nums, answer = layout(slots, cut)

@@ -72,7 +72,8 @@ def build(out_dir: str, tokenizer_path: str, backend: Any, spec: Spec,
     cfg = cfg or SelfGenConfig()
     if not 0 <= shard < num_shards:
         raise ValueError(f"--shard={shard} must be in [0, --num-shards={num_shards})")
-    lengths = assemble.Lengths(load(tokenizer_path))  # bad tokenizer: fails before any call
+    lengths = assemble.Lengths(load(tokenizer_path))
+    lengths.counter  # noqa: B018 - a tokenizer without the chat format fails before any call
     if num_shards == 1 and not glob.glob(os.path.join(out_dir, "passages", "manifest-*")):
         passages.build_passages(out_dir, backend, cfg, progress=progress)
     corpus = passages.Corpus(out_dir)
