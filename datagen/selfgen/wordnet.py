@@ -17,6 +17,7 @@ import dataclasses
 import functools
 import hashlib
 import os
+import re
 
 DATA_NOUN = "/usr/share/wordnet/data.noun"
 # The sha256 of the code-point-sorted names joined by "\n" with a trailing "\n", for WordNet
@@ -44,21 +45,25 @@ def _missing(path: str) -> WordNetError:
         f"WordNet 3.0 data.noun file")
 
 
+_HYPERNYM = re.compile(r"(?<!\S)@i? (\d{8}) n ")
+
+
 def parse_line(line: str) -> Synset:
     """One synset line of data.noun (see the module docstring for the fields)."""
     head, _, gloss = line.partition(" | ")
-    f = head.split()
-    w_cnt = int(f[3], 16)
-    words = tuple(f[4 + 2 * i] for i in range(w_cnt))
-    at = 4 + 2 * w_cnt
-    p_cnt = int(f[at])
-    hyper = tuple(int(f[at + 1 + 4 * i + 1]) for i in range(p_cnt)
-                  if f[at + 1 + 4 * i] in ("@", "@i"))
-    return Synset(int(f[0]), words, hyper, gloss.strip())
+    offset, _, _, w_hex, rest = head.split(" ", 4)
+    w_cnt = int(w_hex, 16)
+    fields = rest.split(" ", 2 * w_cnt)  # word lex_id ... then p_cnt and the pointers
+    pointers = fields[-1]
+    int(pointers.split(" ", 1)[0])  # p_cnt: a malformed line fails here
+    hyper = tuple(int(x) for x in _HYPERNYM.findall(pointers))
+    return Synset(int(offset), tuple(fields[0:2 * w_cnt:2]), hyper, gloss.strip())
 
 
+@functools.lru_cache(maxsize=2)
 def read_synsets(path: str = DATA_NOUN) -> dict[int, Synset]:
-    """Every noun synset by offset; raises WordNetError naming the package when missing."""
+    """Every noun synset by offset (parsed once per process; treat it as read-only); raises
+    WordNetError naming the package when the file is missing."""
     if not os.path.isfile(path):
         raise _missing(path)
     out = {}
