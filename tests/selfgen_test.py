@@ -231,9 +231,10 @@ def test_code_with_syntax_errors_is_recorded_never_executed(tmp_path, sp_model_p
 
 
 def _llama3_paragraph_tokenizer(text, out_dir):
-    """A byte-level BPE with Llama-3's pre-tokenizer, trained on paragraphs: like Llama-3 it
-    has merges such as ".\n\n", so a passage's final period and the separator after it
-    are one token and per-piece counts do not add up."""
+    """A byte-level BPE with Llama-3's pre-tokenizer, trained on paragraphs, and
+    Llama-3.1-8B-Instruct's chat template (a default system block in every conversation).
+    Like Llama-3 it has merges such as ".\n\n", so a passage's final period and the
+    separator after it are one token and per-piece counts do not add up."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
     from lctx.tokenizer import LLAMA3_SPECIALS
@@ -252,6 +253,10 @@ def _llama3_paragraph_tokenizer(text, out_dir):
     os.makedirs(out_dir, exist_ok=True)
     tok.save(os.path.join(out_dir, "tokenizer.json"))
     assert tok.encode(".\n\nPassage").tokens[0] == "." + "\u010a" * 2
+    fixture = os.path.join(os.path.dirname(__file__), "fixtures",
+                           "llama31_instruct_chat_template.jinja")
+    with open(fixture) as f, open(os.path.join(out_dir, "chat_template.jinja"), "w") as g:
+        g.write(f.read())
     return os.path.join(out_dir, "tokenizer.json")
 
 
@@ -260,6 +265,7 @@ def test_length_accuracy_per_bucket(tmp_path, sp_model_path, kjv_text, tok_kind)
     tok = (sp_model_path if tok_kind == "sentencepiece" else
            _llama3_paragraph_tokenizer(kjv_text, str(tmp_path / "l3")))
     fmt = ChatFormat(load_tokenizer(tok))
+    assert (fmt.fixed_count > 20) == (tok_kind == "llama3_style")  # Llama-3.1's system block
     cfg = config.SelfGenConfig(num_nouns=900, batch_nouns=300)
     seen = {}
     for bucket in ("0-8k", "8k-16k", "16k-32k", "32k-64k"):

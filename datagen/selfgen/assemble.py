@@ -87,9 +87,10 @@ class Lengths:
         return [ids[i] == ids[n + i] + ids[2 * n + i] for i in range(n)]
 
     def sample_tokens(self, content_tokens: int, answer: str) -> int:
-        """The rendered sample: BOS + user turn + assistant turn."""
-        return 1 + self.user_overhead + content_tokens + self.counter.message("assistant",
-                                                                             answer)
+        """The rendered sample: what every conversation has (BOS, a template's default
+        system block), the user turn and the assistant turn."""
+        return (self.counter.bos + self.user_overhead + content_tokens
+                + self.counter.message("assistant", answer))
 
 
 class Atoms:
