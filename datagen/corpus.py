@@ -1,8 +1,11 @@
 """Corpus readers: JSONL, plain text files or directories, Parquet, local HF `datasets`
-directories, and the KJV books. Bad documents are skipped with a recorded reason, never fatal.
+directories, and the KJV books. Bad documents (and unreadable files) are skipped with a
+recorded reason, never fatal.
 
 Every reader yields `Document`s in a deterministic order (sorted paths, file order), which is
-what makes `--shard i --num-shards n` sharding reproducible.
+what makes `--shard i --num-shards n` sharding reproducible. Document ids are paths relative
+to the corpus root (`a/ch1.txt`, `part-2.jsonl:17`) or a record's own `id`; an id seen twice
+gets `#1`, `#2`... so every document (and the seeds drawn from its id) is distinct.
 """
 from __future__ import annotations
 
@@ -53,12 +56,12 @@ def check_text(doc_id: str, text: object, min_chars: int) -> str | None:
     return None
 
 
-def _records_jsonl(path: str, field: str) -> Iterator[tuple[str, object]]:
+def _records_jsonl(path: str, field: str, rel: str) -> Iterator[tuple[str, object]]:
     with open(path, "rb") as f:
         for i, line in enumerate(f):
             if not line.strip():
                 continue
-            did = f"{os.path.basename(path)}:{i + 1}"
+            did = f"{rel}:{i + 1}"
             try:
                 obj = json.loads(line.decode("utf-8"))
             except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -70,15 +73,19 @@ def _records_jsonl(path: str, field: str) -> Iterator[tuple[str, object]]:
             yield str(obj.get("id", did)), obj[field]
 
 
-def _records_parquet(path: str, field: str) -> Iterator[tuple[str, object]]:
+def _records_parquet(path: str, field: str, rel: str) -> Iterator[tuple[str, object]]:
     import pyarrow.parquet as pq
-    table = pq.read_table(path)
+    try:
+        table = pq.read_table(path)
+    except Exception as e:  # noqa: BLE001 - pyarrow raises several types for a bad file
+        yield rel, ValueError(f"unreadable Parquet file ({type(e).__name__}: {e})"[:300])
+        return
     if field not in table.column_names:
         raise CorpusError(f"{path}: no column {field!r} (columns: {table.column_names}); "
                           f"set --text-field")
     ids = table.column("id").to_pylist() if "id" in table.column_names else None
     for i, text in enumerate(table.column(field).to_pylist()):
-        yield (str(ids[i]) if ids else f"{os.path.basename(path)}:{i}"), text
+        yield (str(ids[i]) if ids else f"{rel}:{i}"), text
 
 
 def _records_hf(path: str, field: str) -> Iterator[tuple[str, object]]:
@@ -114,15 +121,20 @@ def _records_hf(path: str, field: str) -> Iterator[tuple[str, object]]:
             n += 1
 
 
-def _file_records(path: str, field: str) -> Iterator[tuple[str, object]]:
+def _file_records(path: str, field: str, rel: str) -> Iterator[tuple[str, object]]:
+    """(id, text or the Exception saying why not) for each record of one file; `rel` is the
+    file's path relative to the corpus root."""
     if path.endswith((".jsonl", ".json")):
-        yield from _records_jsonl(path, field)
+        yield from _records_jsonl(path, field, rel)
     elif path.endswith(".parquet"):
-        yield from _records_parquet(path, field)
+        yield from _records_parquet(path, field, rel)
     else:
-        with open(path, "rb") as f:
-            text, why = _decode(f.read())
-        yield os.path.basename(path), (text if why is None else ValueError(why))
+        try:
+            with open(path, "rb") as f:
+                text, why = _decode(f.read())
+        except OSError as e:
+            text, why = None, f"unreadable ({e.strerror})"
+        yield rel, (text if why is None else ValueError(why))
 
 
 def iter_corpus(spec: str, text_field: str = "text", min_chars: int = 200
@@ -135,6 +147,13 @@ def iter_corpus(spec: str, text_field: str = "text", min_chars: int = 200
       text_field: the JSONL key / column holding the text.
       min_chars: documents shorter than this (after stripping) are skipped.
     """
+    seen: dict[str, int] = {}
+
+    def unique(did: str) -> str:
+        n = seen.get(did, 0)
+        seen[did] = n + 1
+        return did if n == 0 else f"{did}#{n}"
+
     if spec == "kjv":
         from lctx.corpora import kjv_books
         for book, text in kjv_books():
@@ -152,10 +171,12 @@ def iter_corpus(spec: str, text_field: str = "text", min_chars: int = 200
                        if os.path.isfile(p) and not os.path.basename(p).startswith("."))
         if not files:
             raise CorpusError(f"corpus directory {spec!r} holds no files")
-        items = ((p, r) for p in files for r in _file_records(p, text_field))
+        items = ((p, r) for p in files
+                 for r in _file_records(p, text_field, os.path.relpath(p, spec)))
     else:
-        items = ((spec, r) for r in _file_records(spec, text_field))
+        items = ((spec, r) for r in _file_records(spec, text_field, os.path.basename(spec)))
     for src, (did, text) in items:
+        did = unique(did)
         if isinstance(text, Exception):
             yield Skip(did, str(text))
             continue
@@ -165,13 +186,8 @@ def iter_corpus(spec: str, text_field: str = "text", min_chars: int = 200
 
 def load_corpus(spec: str, text_field: str = "text", min_chars: int = 200
                 ) -> tuple[list[Document], list[Skip]]:
-    """All documents and skips of a corpus (see iter_corpus). Duplicate ids are made unique."""
-    docs, skips, seen = [], [], {}
+    """All documents and skips of a corpus (see iter_corpus; ids are unique)."""
+    docs, skips = [], []
     for item in iter_corpus(spec, text_field, min_chars):
-        if isinstance(item, Skip):
-            skips.append(item)
-            continue
-        n = seen.get(item.doc_id, 0)
-        seen[item.doc_id] = n + 1
-        docs.append(item if n == 0 else dataclasses.replace(item, doc_id=f"{item.doc_id}#{n}"))
+        (skips if isinstance(item, Skip) else docs).append(item)
     return docs, skips

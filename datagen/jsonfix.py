@@ -8,6 +8,7 @@ inside the JSON, missing or empty question/answer, non-string values, no object 
 from __future__ import annotations
 
 import ast
+import itertools
 import json
 import re
 
@@ -64,9 +65,10 @@ def parse_qa(text: str, finish_reason: str = "stop") -> tuple[dict[str, str], bo
     if not text or not text.strip():
         raise BadOutput("empty output")
     stripped = text.strip()
-    fenced = _FENCE.search(stripped)
-    candidates = ([fenced.group(1).strip()] if fenced else []) + [stripped]
-    candidates += list(_objects(stripped))
+    fenced = _FENCE.search(stripped) if "`" in stripped else None
+    # Lazily: the balanced-brace scan only runs when the plain text is not the object.
+    candidates = itertools.chain([fenced.group(1).strip()] if fenced else [], [stripped],
+                                 _objects(stripped))
     for cand in candidates:
         obj = _load(cand)
         if not isinstance(obj, dict):

@@ -66,6 +66,22 @@ def by_length(seq_len: int) -> Stage | None:
     return None
 
 
+def parse_length(s: str) -> int:
+    """ "180k" -> 184320 (a paper stage's alias), "8192" -> 8192, "16k" -> 16384, "1m"."""
+    s = str(s).strip().lower()
+    for st in PAPER_STAGES:
+        if s == st.alias:
+            return st.seq_len
+    mult = {"k": 1024, "m": 1024 * 1024}.get(s[-1:], 1)
+    try:
+        n = int(float(s[:-1] if mult > 1 else s) * mult)
+    except ValueError:
+        raise ValueError(f"length {s!r}: expected tokens (8192), or 180k / 1m") from None
+    if n < 1:
+        raise ValueError(f"length {s!r}: must be positive")
+    return n
+
+
 def main(argv: list[str] | None = None) -> int:
     """Prints the stages; `--shell FIELD` prints one field per stage, comma-separated."""
     argv = sys.argv[1:] if argv is None else argv

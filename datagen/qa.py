@@ -3,11 +3,14 @@
 A bank holds a document's hierarchical summaries (small -> medium -> global: each level
 summarises the summaries below it, so every call fits a short-context generator), its
 order-following hierarchical QAs from the Algorithm 1 walk (with a 20% chance of a multi-hop
-QA over 2-4 small chunks after each, Appendix E), and its diverse QAs (a random small chunk
-and a random prompt from the Appendix B pool plus the specific-detail prompt).
+QA over 2-4 small chunks after each, Appendix E; multi-hop counts inside the 25 hierarchical
+per book of Section 4.1), and its diverse QAs (a random small chunk and a random prompt from
+the Appendix B pool plus the specific-detail prompt): 25 + 50 = 75 QAs per book.
 
-The walk's choices depend only on the seeded RNG, never on generated text, so every QA call of
-a batch of documents goes out in one `generate` call (what keeps vLLM's batches full).
+Summaries of all levels come before any QA call; a document whose global summary failed is
+dropped before its QAs are asked. The walk's choices depend only on the seeded RNG, never on
+generated text, so every QA call of a batch of documents goes out as one stream (what keeps
+vLLM's batches full), and each finished call is cached the moment it completes.
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ from typing import Any, Callable
 
 from datagen import jsonfix, prompts
 from datagen.backends.base import Request
+from datagen.backends.base import stream as backend_stream
 from datagen.chunking import Chunks
 from datagen.config import Config
 
@@ -41,32 +45,58 @@ class Job:
     meta: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def request(self, attempt: int, cfg: Config) -> Request:
-        return Request(messages=(("user", self.prompt),), max_tokens=self.max_tokens,
-                       temperature=cfg.temperature, top_p=cfg.top_p,
-                       seed=self.seed + 7919 * attempt,  # a new seed per retry
-                       json_schema=None if self.word_limit else prompts.QA_JSON_SCHEMA)
+        """The call of attempt `attempt` (memoised, so its cache key is hashed once)."""
+        memo = self.__dict__.setdefault("_requests", {})
+        if attempt not in memo:
+            memo[attempt] = Request(
+                messages=(("user", self.prompt),), max_tokens=self.max_tokens,
+                temperature=cfg.temperature, top_p=cfg.top_p,
+                seed=self.seed + 7919 * attempt,  # a new, fixed seed per retry
+                json_schema=None if self.word_limit else prompts.QA_JSON_SCHEMA)
+        return memo[attempt]
 
 
 class Caller:
-    """Runs jobs through a generator with parse/repair and bounded retries; counts outcomes."""
+    """Runs jobs through a generator with parse/repair and bounded retries; counts outcomes.
+
+    Attempt k of a job is always the same request (seed + 7919 k), and a generator with a
+    call cache (`CachedGenerator`) replays a recorded error as that attempt's outcome, so a
+    rerun walks the same retry path and reproduces the first run byte for byte. Only a job
+    whose every attempt is a recorded error (it failed for good before) is tried afresh.
+    """
 
     def __init__(self, gen: Any, cfg: Config, on_calls: Callable[[int], None] | None = None):
         self.gen, self.cfg, self.on_calls = gen, cfg, on_calls
         self.stats: collections.Counter[str] = collections.Counter()
         self.failure_reasons: collections.Counter[str] = collections.Counter()
 
+    def _fresh(self, jobs: list[Job]) -> set[int]:
+        """Jobs whose every attempt is a recorded error: they are sent again, not replayed."""
+        if not getattr(self.gen, "recorded_errors", 0):
+            return set()
+        attempts = range(1, self.cfg.max_attempts)
+        return {i for i, job in enumerate(jobs)
+                if self.gen.recorded_error(job.request(0, self.cfg)) and
+                all(self.gen.recorded_error(job.request(k, self.cfg)) for k in attempts)}
+
+    def _stream(self, reqs: list[Request], replay: list[bool]):
+        if hasattr(self.gen, "stream"):
+            return self.gen.stream(reqs, replay_errors=replay)
+        return backend_stream(self.gen, reqs)
+
     def run(self, jobs: list[Job]) -> list[Any]:
+        """Parsed outputs in job order (None = failed for good). A QA output carries
+        `attempt`, the attempt that produced it."""
         results: list[Any] = [None] * len(jobs)
         pending, last = list(range(len(jobs))), {}
+        fresh = self._fresh(jobs)
         for attempt in range(self.cfg.max_attempts):
             if not pending:
                 break
-            comps = self.gen.generate([jobs[i].request(attempt, self.cfg) for i in pending])
-            self.stats["calls"] += len(pending)
-            if self.on_calls:
-                self.on_calls(len(pending))
+            reqs = [jobs[i].request(attempt, self.cfg) for i in pending]
             retry = []
-            for i, c in zip(pending, comps):
+            for pos, c in self._stream(reqs, [i not in fresh for i in pending]):
+                i = pending[pos]
                 job = jobs[i]
                 try:
                     if job.word_limit:
@@ -74,6 +104,7 @@ class Caller:
                                                            job.word_limit)
                     else:
                         out, fixed = jsonfix.parse_qa(c.text, c.finish_reason)
+                        out["attempt"] = attempt
                     results[i] = out
                     self.stats["repaired"] += fixed
                     self.stats["retried_ok"] += attempt > 0
@@ -82,7 +113,10 @@ class Caller:
                                str(e) if isinstance(e, jsonfix.BadOutput) else
                                f"unparseable ({type(e).__name__})")
                     retry.append(i)
-            pending = retry
+            self.stats["calls"] += len(pending)
+            if self.on_calls:
+                self.on_calls(len(pending))
+            pending = sorted(retry)
         for i in pending:
             self.stats[f"failed/{jobs[i].kind.split('/')[0]}"] += 1
             self.failure_reasons[last[i]] += 1
@@ -91,18 +125,22 @@ class Caller:
 
 def plan_walk(chunks: Chunks, n: int, multihop_prob: float, rng: random.Random,
               hop_rng: random.Random | None = None) -> list[tuple[str, tuple[int, ...]]]:
-    """Algorithm 1's SelectContext walk: [("general", (medium,)) | ("specific", (small,)) |
-    ("multi_hop", smalls)], in conversation order.
+    """Algorithm 1's SelectContext walk: `n` hierarchical QAs in conversation order, each
+    ("general", (medium,)) | ("specific", (small,)) | ("multi_hop", smalls).
 
-    Multi-hop draws come from their own `hop_rng`, so the walk (and its cached calls) is the
-    same with or without multi-hop: Appendix E's variants differ only by the multi-hop QAs.
+    Multi-hop QAs count inside the `n` (the paper's 25 hierarchical per book, Section 4.1:
+    582,900 QAs = 7,772 books x (25 + 50)); after each walk step one follows with
+    probability `multihop_prob` (Appendix E). Multi-hop draws come from their own `hop_rng`,
+    so the walk steps (and their cached calls) with multi-hop are a prefix of those without:
+    Appendix E's variants share every walk call they have in common.
     """
     hop_rng = hop_rng or rng
     n_med, n_small = len(chunks.medium), len(chunks.small)
     plan: list[tuple[str, tuple[int, ...]]] = []
     m, s = rng.randrange(n_med), None
-    for i in range(n):
-        if i == 0:
+    step = 0
+    while len(plan) < n:
+        if step == 0:
             plan.append(("general", (m,)))
         elif s is None:
             s = chunks.medium[m][0]
@@ -118,7 +156,8 @@ def plan_walk(chunks: Chunks, n: int, multihop_prob: float, rng: random.Random,
             else:  # next medium (also when the current medium has no next small chunk)
                 m, s = (m + 1) % n_med, None
                 plan.append(("general", (m,)))
-        if n_small >= 2 and hop_rng.random() < multihop_prob:
+        step += 1
+        if n_small >= 2 and hop_rng.random() < multihop_prob and len(plan) < n:
             k = hop_rng.randint(2, min(4, n_small))
             plan.append(("multi_hop", tuple(sorted(hop_rng.sample(range(n_small), k)))))
     return plan
@@ -167,6 +206,9 @@ def build_banks(docs: list[tuple[str, str, Chunks]], caller: Caller, cfg: Config
     glob_in = [" ".join(m for m in medium[d] if m) for d in range(len(docs))]
     glob = staged(lambda d: _summary_jobs("global", [glob_in[d]], cfg.words_global, cfg,
                                           docs[d][0]) if glob_in[d] else [])
+    # Summaries come first: a document without a global summary cannot open its block of
+    # the conversation (Appendix C), so it is dropped before any of its QA calls are sent.
+    has_global = [bool(glob[d] and glob[d][0]) for d in range(len(docs))]
 
     def qa_jobs(d: int) -> list[Job]:
         doc_id, _, ch = docs[d]
@@ -184,6 +226,7 @@ def build_banks(docs: list[tuple[str, str, Chunks]], caller: Caller, cfg: Config
                 step, walk_step = walk_step, walk_step + 1
             if kind == "general":
                 if not medium[d][idx[0]]:
+                    caller.stats["skipped/general_without_medium_summary"] += 1
                     continue
                 p = prompts.render(prompts.HIERARCHICAL_GENERAL, context=ch.medium_text(idx[0]),
                                    summary=medium[d][idx[0]])
@@ -202,12 +245,12 @@ def build_banks(docs: list[tuple[str, str, Chunks]], caller: Caller, cfg: Config
                             meta={"bank": "s", "kind": kind, "chunks": [s]}))
         return jobs
 
-    all_jobs = [qa_jobs(d) for d in range(len(docs))]
+    all_jobs = [qa_jobs(d) if has_global[d] else [] for d in range(len(docs))]
     qas = staged(lambda d: all_jobs[d])
     banks: list[dict[str, Any] | str] = []
     for d, (doc_id, text, ch) in enumerate(docs):
-        if not glob[d] or not glob[d][0]:
-            banks.append("global summary failed")
+        if not has_global[d]:
+            banks.append("global summary failed (no QA calls sent)")
             continue
         hier, div = [], []
         for job, qa in zip(all_jobs[d], qas[d]):

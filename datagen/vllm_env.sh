@@ -13,6 +13,7 @@ python3 -m venv "$V"
 # CUDA builds that come along break `import transformers` on CPU (ENVIRONMENT.md).
 "$V/bin/pip" uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
 # The JAX-free lctx/datagen modules the venv runs (records, corpora, tokenizer, pipeline).
-"$V/bin/pip" install -q array-record sentencepiece tokenizers tqdm pyarrow rich "wonderwords==2.2.0"
+"$V/bin/pip" install -q array-record sentencepiece tokenizers tqdm pyarrow rich "wonderwords==2.2.0" \
+  httpx tenacity
 "$V/bin/pip" install -q -e . --no-deps
 "$V/bin/python" -c "import vllm; print('[setup] vllm', vllm.__version__)"

@@ -102,16 +102,22 @@ def test_bad_config_is_named(monkeypatch):
 
 
 def test_backoff_is_exponential_capped_and_jittered():
-    waits = []
-    c = JSONClient("http://127.0.0.1:9/v1", backoff_s=1.0, backoff_cap_s=8.0,
-                   sleep=waits.append)
-    for attempt in range(6):
-        c._wait(attempt, None)
+    c = JSONClient("http://127.0.0.1:9/v1", backoff_s=1.0, backoff_cap_s=8.0)
+    waits = [c.backoff(retry, None) for retry in range(6)]
     caps = [1, 2, 4, 8, 8, 8]
     assert all(0 <= w <= cap for w, cap in zip(waits, caps)), waits
     assert len(set(waits)) == len(waits)  # jitter: no two equal waits
-    c._wait(0, "5")
-    assert waits[-1] >= 5  # Retry-After honoured (under the cap)
+    assert c.backoff(0, "5") >= 5  # Retry-After honoured (under the cap)
+    assert c.backoff(0, "500") <= 8  # ... and capped
+
+
+def test_retry_sleeps_go_through_the_injected_sleep():
+    waits = []
+    with FakeOpenAIServer() as srv:
+        gen = _gen(srv.url, sleep=waits.append, backoff_s=0.5, backoff_cap_s=4.0)
+        out = gen.generate([_req("#500x3 r")])[0]
+    assert out.text == "echo: #500x3 r" and len(waits) == 3 and gen.client.retries == 3
+    assert all(0 <= w <= cap for w, cap in zip(waits, [0.5, 1.0, 2.0])), waits
 
 
 def test_factory_builds_openai_backend():

@@ -132,9 +132,10 @@ def test_hard_max_never_exceeded_and_short_rejected(sp_model_path, small_books):
     banks = [{"doc_id": d.doc_id, "text": d.text, "global_summary": "S.", "hierarchical": [],
               "diverse": []} for d in small_books[:3]]
     for seed in range(5):
-        msgs, _, _, n = concat.build_conversation(banks, counter, 6000, cfg, seed)
-        assert n <= 6000 and n == counter.verify(msgs)
-    assert concat.build_conversation(banks, counter, 10, cfg, 0)[0] == []
+        conv = concat.build_conversation(banks, counter, 6000, cfg, seed)
+        assert conv.num_tokens <= 6000 and conv.num_tokens == counter.verify(conv.messages)
+    short = concat.build_conversation(banks, counter, 10, cfg, 0)
+    assert short.messages == [] and short.reason == "no document fits the target"
     assert dataclasses.replace(cfg, fill=True).fill
 
 
@@ -142,7 +143,7 @@ def test_hard_max_never_exceeded_and_short_rejected(sp_model_path, small_books):
                                     "diverse"])
 def test_recipes(recipe):
     cfg = Config.from_recipe(recipe)
-    banks = _banks(2 if cfg.max_docs == 2 else 1)
+    banks = _banks(int(cfg.docs_per_sample))
     msgs, labels, _ = concat.assemble(banks, cfg, 0)
     kinds = collections.Counter(k for k, _ in labels)
     if recipe.startswith("h-h-s-fixed"):  # 6 hierarchical per document, 4 diverse follow-ups

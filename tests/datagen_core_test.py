@@ -193,11 +193,15 @@ def test_algorithm1_walk_statistics():
                          tuple(tuple(range(i, i + 3)) for i in range(0, 12, 3)), (1,) * 12)
     trans, hops, steps = collections.Counter(), 0, 0
     for seed in range(300):
-        plan = qa.plan_walk(ch, 25, 0.2, random.Random(seed))
+        plan = qa.plan_walk(ch, 25, 0.2, random.Random(seed), random.Random(-seed))
         walk = [p for p in plan if p[0] != "multi_hop"]
         hops += len(plan) - len(walk)
         steps += len(walk)
-        assert len(walk) == 25 and walk[0][0] == "general"
+        # 25 hierarchical per book with multi-hop inside (Section 4.1: 75 = 25 + 50).
+        assert len(plan) == 25 and walk[0][0] == "general"
+        # The walk with multi-hop is a prefix of the walk without (shared cached calls).
+        assert qa.plan_walk(ch, 25, 0.0, random.Random(seed),
+                            random.Random(-seed))[:len(walk)] == walk
         for (k0, i0), (k1, i1) in zip(walk, walk[1:]):
             if k0 == "general":  # delve into the first small chunk of the medium
                 assert (k1, i1) == ("specific", (ch.medium[i0[0]][0],))
@@ -249,12 +253,15 @@ def test_multihop_variants_share_every_walk_call(sp_model_path, kjv_text):
             self.keys |= {r.cache_key(self.model) for r in reqs}
             return super().generate(reqs)
 
-    keys = {}
+    keys, hops = {}, {}
     for p in (0.0, 0.2):
         gen = Recording()
         bank = qa.build_banks([("doc", "text", ch)], qa.Caller(gen, Config(multihop_prob=p)),
                               Config(multihop_prob=p))[0]
         keys[p] = gen.keys
-        hops = [e for e in bank["hierarchical"] if e["kind"] == "multi_hop"]
-        assert (len(hops) > 0) == (p > 0)
-    assert keys[0.0] < keys[0.2]  # Appendix E variants: same walk QAs, multi-hop added
+        hops[p] = [e for e in bank["hierarchical"] if e["kind"] == "multi_hop"]
+        assert len(bank["hierarchical"]) == 25 and len(bank["diverse"]) == 50
+    assert not hops[0.0] and hops[0.2]
+    # Appendix E variants share their walk: with multi-hop inside the 25, the walk calls are
+    # a prefix of the plain walk's, so every call but the multi-hop ones is shared.
+    assert len(keys[0.2] - keys[0.0]) == len(hops[0.2])

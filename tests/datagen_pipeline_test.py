@@ -14,7 +14,7 @@ import pytest
 from datagen.backends.base import Completion
 from datagen.config import Config
 from datagen.corpus import load_corpus
-from datagen.pipeline import build_dataset, merge
+from datagen.pipeline import MergeError, build_dataset, merge
 from datagen.tokens import TokenizerError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -162,18 +162,18 @@ def test_bad_inputs_lose_nothing(sp_model_path, tmp_path):
     cfg = Config(small_tokens=384, n_hierarchical=10, n_diverse=40, samples_per_length=2)
     docs, skips = load_corpus(str(corpus))
     for shard in (0, 1):
-        man = build_dataset(docs + skips, sp_model_path, ExtractiveGenerator(), [3000],
+        man = build_dataset(docs + skips, sp_model_path, ExtractiveGenerator(), [2600],
                             str(out), cfg, shard=shard, num_shards=2, progress=False)
     merged = merge(str(out))
-    assert man["lengths"]["3000"]["rejected"] == {}, man
+    assert man["lengths"]["2600"]["rejected"] == {}, man
     assert merged["skipped_docs"]["image.png"].startswith("binary")
-    assert merged["conversations"]["3000"] == 2
+    assert merged["conversations"]["2600"] == 2
     before = {p: open(p, "rb").read() for p in glob.glob(str(out / "*"))
               if os.path.isfile(p)}
     bad = tmp_path / "bad.model"
     bad.write_bytes(b"not a sentencepiece model")
     with pytest.raises(TokenizerError, match="bad.model"):
-        build_dataset(docs, str(bad), ExtractiveGenerator(), [3000], str(out), cfg)
+        build_dataset(docs, str(bad), ExtractiveGenerator(), [2600], str(out), cfg)
     env = {**os.environ, "PYTHONPATH": ROOT}
     cli = [sys.executable, "-m", "datagen", f"--out={out}", f"--tokenizer={sp_model_path}"]
     r = subprocess.run(cli + ["--corpus=/no/such/corpus"], capture_output=True, text=True,
@@ -185,7 +185,7 @@ def test_bad_inputs_lose_nothing(sp_model_path, tmp_path):
     after = {p: open(p, "rb").read() for p in before}
     assert after == before
     os.remove(out / "manifest-00001-of-00002.json")
-    with pytest.raises(FileNotFoundError, match=r"shards \[1\] of 2 missing"):
+    with pytest.raises(MergeError, match=r"shards \[1\] of 2 missing"):
         merge(str(out))
 
 
@@ -194,22 +194,23 @@ def test_cli_recipe_build_and_merge(sp_model_path, tmp_path):
     corpus = tmp_path / "c.jsonl"
     docs, _ = load_corpus("kjv")
     with open(corpus, "w") as f:
-        for d in sorted(docs, key=lambda d: len(d.text))[:6]:
+        for d in sorted(docs, key=lambda d: len(d.text))[:10]:
             f.write(json.dumps({"id": d.doc_id, "text": d.text}) + "\n")
         f.write(json.dumps({"id": "tiny", "text": "Too short."}) + "\n")
     out = tmp_path / "ds"
     for shard in (0, 1):
         r = subprocess.run([sys.executable, "-m", "datagen", f"--corpus={corpus}",
-                            f"--tokenizer={sp_model_path}", "--lengths=3k", "--names=.",
+                            f"--tokenizer={sp_model_path}", "--lengths=4k", "--names=.",
                             "--samples=4", "--recipe=h-h-s-fixed", f"--out={out}",
                             f"--shard={shard}", "--num-shards=2", "--no-progress",
-                            "--set", "small_tokens=384", "--set", "n_diverse=30"],
+                            "--set", "small_tokens=384", "--set", "n_diverse=30",
+                            "--set", "words_global=60"],
                            capture_output=True, text=True, env=env, cwd=ROOT)
         assert r.returncode == 0, r.stderr[-2000:]
     r = subprocess.run([sys.executable, "-m", "datagen", "merge", f"--out={out}"],
                        capture_output=True, text=True, env=env, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-2000:]
     merged = json.loads(r.stdout)
-    assert merged["conversations"] == {"3072": 4} and "tiny" in merged["skipped_docs"]
+    assert merged["conversations"] == {"4096": 4} and "tiny" in merged["skipped_docs"]
     assert merged["config"]["composition"] == "h-h-s" and merged["config"]["n1"] == 6
     assert len(glob.glob(str(out / "*.arrayrecord"))) == 2  # the layout configs/ expect

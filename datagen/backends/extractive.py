@@ -15,7 +15,7 @@ import hashlib
 import json
 import random
 import re
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from datagen import prompts
 from datagen.backends.base import Completion, Request
@@ -72,7 +72,8 @@ def _qa(context: str, kind: str, rng: random.Random) -> dict[str, str]:
     in_s = sorted(set(_CAP.findall(s)) & set(names))
     if kind == "specific" and len(names) >= 4 and in_s:
         right = rng.choice(in_s)
-        wrong = rng.sample([n for n in names if n not in s], k=min(3, len(names) - len(in_s)))
+        others = [n for n in names if n not in s]
+        wrong = rng.sample(others, k=min(3, len(others)))
         if len(wrong) == 3:
             opts = wrong + [right]
             rng.shuffle(opts)
@@ -103,7 +104,19 @@ class ExtractiveGenerator:
     def generate(self, requests: Sequence[Request]) -> list[Completion]:
         return [self._one(r) for r in requests]
 
+    def generate_stream(self, requests: Sequence[Request]
+                        ) -> Iterator[tuple[int, Completion]]:
+        """One request at a time, each yielded (and so cached) as soon as it is done."""
+        for i, r in enumerate(requests):
+            yield i, self._one(r)
+
     def _one(self, req: Request) -> Completion:
+        try:
+            return self._answer(req)
+        except Exception as e:  # noqa: BLE001 - one bad request fails alone
+            return Completion("", "error", f"extractive backend: {type(e).__name__}: {e}")
+
+    def _answer(self, req: Request) -> Completion:
         prompt = "\n".join(c for role, c in req.messages if role == "user")
         parsed = prompts.parse_prompt(prompt)
         if parsed is None:

@@ -1,10 +1,12 @@
 """OpenAI-compatible HTTP backend (`/v1/chat/completions`): vLLM/SGLang servers, hosted APIs.
 
-Standard library only (urllib + threads). Requests run N at a time (default 32, as He et al.
-2025 ran their generator), each with bounded retries: 429, 5xx, timeouts, dropped connections
-and unparseable bodies are retried with exponential backoff and full jitter (a `Retry-After`
-header is honoured up to the backoff cap); other 4xx fail at once. A request that still fails
-comes back as `Completion(finish_reason="error")`, never as an exception.
+Built on maintained libraries: `httpx` (one pooled, thread-safe client) and `tenacity`
+(bounded retries). Requests run N at a time (default 32, as He et al. 2025 ran their
+generator) and stream back as each finishes (`generate_stream`), so the call cache records
+every finished call at once. Each request has bounded retries: 429, 5xx, timeouts, dropped
+connections and unparseable bodies are retried with exponential backoff and full jitter (a
+`Retry-After` header is honoured up to the backoff cap); other 4xx fail at once. A request
+that still fails comes back as `Completion(finish_reason="error")`, never as an exception.
 
 The API key is read from the environment variable that the config names (`api_key_env`), is
 sent only in the Authorization header, and is kept out of `describe()`, `repr()`, logs and
@@ -13,16 +15,15 @@ error strings (it is redacted from any server message that echoes it).
 from __future__ import annotations
 
 import concurrent.futures
-import http.client
 import json
 import logging
 import os
-import random
 import threading
 import time
-import urllib.error
-import urllib.request
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
+
+import httpx
+import tenacity
 
 from datagen.backends.base import Completion, Request
 
@@ -35,22 +36,32 @@ class HTTPError(RuntimeError):
     """A request that failed for good (after retries, or a non-retryable status)."""
 
 
+class _Retryable(Exception):
+    """One failed attempt that may succeed if repeated."""
+
+    def __init__(self, message: str, retry_after: str | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class JSONClient:
     """POSTs JSON with bounded retries; shared by the datagen backend and the evals runner.
 
     Args:
       base_url: e.g. "http://127.0.0.1:8000/v1" (paths are appended to it).
       api_key_env: name of the environment variable holding the key; None sends no key.
-      timeout_s: per-attempt socket timeout.
+      timeout_s: per-attempt timeout (connect, read, write).
       max_retries: retries after the first attempt (so at most max_retries + 1 attempts).
-      backoff_s: first backoff; attempt k waits uniform(0, min(cap, backoff_s * 2**k)).
+      backoff_s: first backoff; retry k waits uniform(0, min(cap, backoff_s * 2**k)).
       backoff_cap_s: largest single wait.
+      max_connections: pooled connections (the concurrency of its users).
       sleep: injectable for tests.
     """
 
     def __init__(self, base_url: str, *, api_key_env: str | None = None,
                  timeout_s: float = 600.0, max_retries: int = 6, backoff_s: float = 1.0,
-                 backoff_cap_s: float = 60.0, sleep: Callable[[float], None] = time.sleep):
+                 backoff_cap_s: float = 60.0, max_connections: int = 64,
+                 sleep: Callable[[float], None] = time.sleep):
         if not base_url.startswith(("http://", "https://")):
             raise ValueError(f"base_url={base_url!r} must start with http:// or https://")
         if max_retries < 0 or timeout_s <= 0 or backoff_s < 0:
@@ -66,7 +77,10 @@ class JSONClient:
                                  f"unset or empty; export it or pass api_key_env=None")
         self.timeout_s, self.max_retries = timeout_s, max_retries
         self.backoff_s, self.backoff_cap_s, self._sleep = backoff_s, backoff_cap_s, sleep
-        self._rng = random.Random()
+        self._jitter = tenacity.wait_random_exponential(multiplier=backoff_s, exp_base=2,
+                                                        max=backoff_cap_s)
+        self._http = httpx.Client(timeout=timeout_s, limits=httpx.Limits(
+            max_connections=max_connections, max_keepalive_connections=max_connections))
         self._lock = threading.Lock()
         self.retries = 0  # total retries so far (all threads)
 
@@ -76,17 +90,51 @@ class JSONClient:
     def redact(self, text: str) -> str:
         return text.replace(self.__key, "***") if self.__key else text
 
-    def _wait(self, attempt: int, retry_after: str | None) -> None:
-        cap = min(self.backoff_cap_s, self.backoff_s * 2 ** attempt)
-        with self._lock:
-            delay = self._rng.uniform(0, cap)
-            self.retries += 1
+    def close(self) -> None:
+        self._http.close()
+
+    def backoff(self, retry: int, retry_after: str | None) -> float:
+        """Seconds to wait before retry number `retry` (0-based): full jitter below
+        min(cap, backoff_s * 2**retry), at least a numeric Retry-After (capped)."""
+        state = tenacity.RetryCallState(None, None, (), {})
+        state.attempt_number = retry + 1
+        delay = self._jitter(state)
         if retry_after:
             try:
                 delay = max(delay, min(float(retry_after), self.backoff_cap_s))
             except ValueError:
                 pass  # an HTTP-date Retry-After: our own backoff is good enough
-        self._sleep(delay)
+        return delay
+
+    def _wait(self, state: tenacity.RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        return self.backoff(state.attempt_number - 1, getattr(exc, "retry_after", None))
+
+    def _before_sleep(self, path: str, state: tenacity.RetryCallState) -> None:
+        with self._lock:
+            self.retries += 1
+        log.warning("%s%s: attempt %d/%d failed (%s); retrying", self.base_url, path,
+                    state.attempt_number, self.max_retries + 1,
+                    self.redact(str(state.outcome.exception()))[:200])
+
+    def _attempt(self, method: str, path: str, body: dict[str, Any] | None) -> dict[str, Any]:
+        headers = {"Authorization": f"Bearer {self.__key}"} if self.__key else {}
+        try:
+            resp = self._http.request(method, self.base_url + path, json=body, headers=headers)
+        except httpx.TransportError as e:  # timeouts, refused or dropped connections
+            raise _Retryable(f"{type(e).__name__}: {e}") from None
+        if resp.status_code >= 400:
+            last = f"HTTP {resp.status_code}: {resp.text[:300]}"
+            if resp.status_code not in RETRY_STATUS:
+                raise HTTPError(self.redact(last))
+            raise _Retryable(last, resp.headers.get("Retry-After"))
+        try:
+            obj = json.loads(resp.content)
+            if not isinstance(obj, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as e:
+            raise _Retryable(f"unparseable response body ({e}): {resp.content[:120]!r}") from None
+        return obj
 
     def get(self, path: str) -> dict[str, Any]:
         """GET base_url + path (same retries); returns the parsed JSON object."""
@@ -95,39 +143,15 @@ class JSONClient:
     def post(self, path: str, body: dict[str, Any] | None) -> dict[str, Any]:
         """POST `body` to base_url + path (GET when None); returns the parsed JSON object or
         raises HTTPError."""
-        data = None if body is None else json.dumps(body).encode()
-        headers = {"Content-Type": "application/json"}
-        if self.__key:
-            headers["Authorization"] = f"Bearer {self.__key}"
-        last = ""
-        for attempt in range(self.max_retries + 1):
-            retry_after = None
-            req = urllib.request.Request(self.base_url + path, data=data, headers=headers,
-                                         method="GET" if data is None else "POST")
-            try:
-                with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
-                    raw = resp.read()
-                try:
-                    obj = json.loads(raw)
-                    if not isinstance(obj, dict):
-                        raise ValueError("not a JSON object")
-                    return obj
-                except ValueError as e:
-                    last = f"unparseable response body ({e}): {raw[:120]!r}"
-            except urllib.error.HTTPError as e:
-                detail = e.read()[:300].decode("utf-8", "replace")
-                last = f"HTTP {e.code}: {detail}"
-                if e.code not in RETRY_STATUS:
-                    raise HTTPError(self.redact(last)) from None
-                retry_after = e.headers.get("Retry-After") if e.headers else None
-            except (OSError, http.client.HTTPException) as e:  # URLError, timeouts, resets
-                reason = getattr(e, "reason", e)
-                last = f"{type(reason).__name__}: {reason}"
-            if attempt < self.max_retries:
-                log.warning("%s%s: attempt %d/%d failed (%s); retrying", self.base_url, path,
-                            attempt + 1, self.max_retries + 1, self.redact(last)[:200])
-                self._wait(attempt, retry_after)
-        raise HTTPError(self.redact(f"gave up after {self.max_retries + 1} attempts: {last}"))
+        retrying = tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(self.max_retries + 1), wait=self._wait,
+            retry=tenacity.retry_if_exception_type(_Retryable), sleep=self._sleep,
+            before_sleep=lambda state: self._before_sleep(path, state), reraise=True)
+        try:
+            return retrying(self._attempt, "GET" if body is None else "POST", path, body)
+        except _Retryable as e:
+            raise HTTPError(self.redact(f"gave up after {self.max_retries + 1} attempts: "
+                                        f"{e}")) from None
 
 
 class OpenAIGenerator:
@@ -139,7 +163,7 @@ class OpenAIGenerator:
       api_key_env: environment variable holding the API key (None: no key, local servers).
       concurrency: requests in flight at once.
       timeout_s, max_retries, backoff_s, backoff_cap_s: see `JSONClient`.
-      progress: show a tqdm bar per `generate` call.
+      progress: show a tqdm bar per batch.
       extra_body: more request fields (e.g. {"top_k": 20}); recorded by `describe()`.
     """
 
@@ -156,7 +180,8 @@ class OpenAIGenerator:
         self.extra_body = dict(extra_body or {})
         self.client = JSONClient(base_url, api_key_env=api_key_env, timeout_s=timeout_s,
                                  max_retries=max_retries, backoff_s=backoff_s,
-                                 backoff_cap_s=backoff_cap_s, sleep=sleep)
+                                 backoff_cap_s=backoff_cap_s, max_connections=concurrency,
+                                 sleep=sleep)
 
     def __repr__(self) -> str:
         return f"OpenAIGenerator(model={self.model!r}, client={self.client!r})"
@@ -200,22 +225,33 @@ class OpenAIGenerator:
             return Completion(text, "error", f"finish_reason={reason!r}")
         return Completion(text, reason)
 
-    def generate(self, requests: Sequence[Request]) -> list[Completion]:
-        """Runs requests `concurrency` at a time; results in request order."""
-        results: list[Completion | None] = [None] * len(requests)
+    def generate_stream(self, requests: Sequence[Request]
+                        ) -> Iterator[tuple[int, Completion]]:
+        """`(index, Completion)` as each request finishes, `concurrency` in flight."""
         bar = None
         if self.progress and len(requests) > 1:
             from tqdm import tqdm
             bar = tqdm(total=len(requests), desc=f"openai {self.model}", unit="req")
-        with concurrent.futures.ThreadPoolExecutor(self.concurrency) as pool:
+        pool = concurrent.futures.ThreadPoolExecutor(self.concurrency)
+        n_err = 0
+        try:
             futures = {pool.submit(self._one, r): i for i, r in enumerate(requests)}
             for fut in concurrent.futures.as_completed(futures):
-                results[futures[fut]] = fut.result()
+                c = fut.result()
+                n_err += c.finish_reason == "error"
                 if bar is not None:
                     bar.update(1)
-        if bar is not None:
-            bar.close()
-        n_err = sum(c.finish_reason == "error" for c in results)
+                yield futures[fut], c
+        finally:  # a consumer that stops early (or dies) leaves no request queued
+            pool.shutdown(wait=False, cancel_futures=True)
+            if bar is not None:
+                bar.close()
         if n_err:
             log.warning("openai: %d of %d requests failed", n_err, len(requests))
+
+    def generate(self, requests: Sequence[Request]) -> list[Completion]:
+        """Runs requests `concurrency` at a time; results in request order."""
+        results: list[Completion | None] = [None] * len(requests)
+        for i, c in self.generate_stream(requests):
+            results[i] = c
         return results  # type: ignore[return-value]

@@ -1,21 +1,23 @@
 """vLLM offline-engine backend: a whole pipeline stage goes to the engine as one batch.
 
 Runs only inside the vLLM virtual environment (`.venv-vllm`, built by `datagen/vllm_env.sh`):
-`.venv-vllm/bin/python -m datagen ... --backend vllm`. The engine schedules the batch
-itself (continuous batching), and with prefix caching on, the many questions asked about the
-same document chunk share that chunk's KV cache, which is where most of the speed of
-hierarchical data generation comes from (He et al. 2025 ask dozens of questions per chunk).
+`.venv-vllm/bin/python -m datagen ... --backend vllm`. Every request of a stage is queued on
+the engine at once (`LLM.enqueue_chat`), which schedules them itself (continuous batching);
+with prefix caching on, the many questions asked about the same document chunk share that
+chunk's KV cache, which is where most of the speed of hierarchical data generation comes
+from (He et al. 2025 ask dozens of questions per chunk). `generate_stream` steps the engine
+and yields each request the moment it finishes, so the call cache records it at once and a
+kill loses only the requests still running (`LLM.chat` returns nothing until all are done).
 
-Failure isolation: vLLM validates a batch before it runs it and rejects the whole call when
-one request is bad (prompt longer than `max_model_len`, a schema it cannot compile). The
-generator then bisects the batch, so the good requests still run batched and each bad one
-comes back as `Completion(finish_reason="error")` naming vLLM's reason.
+Failure isolation: requests are validated one by one as they are queued, so a bad one
+(prompt longer than `max_model_len`, a schema that does not compile) comes back as
+`Completion(finish_reason="error")` naming vLLM's reason while the rest run batched.
 """
 from __future__ import annotations
 
 import json
 import logging
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from datagen.backends.base import Completion, Request
 
@@ -103,44 +105,59 @@ class VLLMGenerator:
         return SamplingParams(max_tokens=req.max_tokens, temperature=req.temperature,
                               top_p=req.top_p, seed=req.seed, structured_outputs=structured)
 
-    def generate(self, requests: Sequence[Request]) -> list[Completion]:
-        """Runs all requests (one stage) through the engine; order kept, errors isolated."""
-        results: list[Completion | None] = [None] * len(requests)
-        todo: list[tuple[int, list[dict[str, str]], Any]] = []
+    def generate_stream(self, requests: Sequence[Request]
+                        ) -> Iterator[tuple[int, Completion]]:
+        """Queues every request, then yields `(index, Completion)` as each one finishes."""
+        engine = self.llm.llm_engine
+        ours: dict[str, int] = {}  # request id -> index (engine-internal and external ids)
+        internal: list[str] = []
         for i, req in enumerate(requests):
             try:
                 if not req.messages:
                     raise ValueError("Request.messages is empty")
                 msgs = [{"role": role, "content": content} for role, content in req.messages]
-                todo.append((i, msgs, self._sampling_params(req)))
+                (rid,) = self.llm.enqueue_chat([msgs], [self._sampling_params(req)],
+                                               use_tqdm=False)
             except Exception as e:  # bad request: its own error, never the batch's
-                results[i] = Completion("", "error", f"{type(e).__name__}: {e}")
-        self._run(todo, results)
+                yield i, Completion("", "error", f"{type(e).__name__}: {e}")
+                continue
+            internal.append(rid)
+            # Outputs carry the external id: the internal one minus vLLM's random suffix.
+            ours[rid] = ours[rid.rsplit("-", 1)[0]] = i
+        bar = None
+        if self._progress and len(internal) > 1:
+            from tqdm import tqdm
+            bar = tqdm(total=len(internal), desc=f"vllm {self.model}", unit="req")
+        done: set[int] = set()
+        try:
+            while len(done) < len(internal) and engine.has_unfinished_requests():
+                for out in engine.step():
+                    i = ours.get(out.request_id)
+                    if out.finished and i is not None and i not in done:
+                        done.add(i)
+                        if bar is not None:
+                            bar.update(1)
+                        yield i, _to_completion(out)
+        finally:  # a consumer that stops early leaves nothing running on the engine
+            left = [r for r in internal if ours[r] not in done]
+            if left:
+                engine.abort_request(left, internal=True)
+            if bar is not None:
+                bar.close()
+        for r in internal:
+            if ours[r] not in done:
+                done.add(ours[r])
+                yield ours[r], Completion("", "error", "vLLM engine finished without it")
+
+    def generate(self, requests: Sequence[Request]) -> list[Completion]:
+        """Runs all requests (one stage) through the engine; order kept, errors isolated."""
+        results: list[Completion | None] = [None] * len(requests)
+        for i, c in self.generate_stream(requests):
+            results[i] = c
         n_err = sum(c.finish_reason == "error" for c in results)
         if n_err:
             log.warning("vllm: %d of %d requests failed", n_err, len(requests))
         return results  # type: ignore[return-value]
-
-    def _run(self, todo, results) -> None:
-        """One `LLM.chat` for the batch; on rejection, bisect to isolate the bad requests."""
-        if not todo:
-            return
-        try:
-            outs = self.llm.chat([m for _, m, _ in todo], [p for _, _, p in todo],
-                                 use_tqdm=self._progress and len(todo) > 1)
-        except Exception as e:
-            if len(todo) == 1:
-                results[todo[0][0]] = Completion("", "error", f"{type(e).__name__}: {e}")
-                return
-            log.info("vllm rejected a batch of %d (%s); bisecting", len(todo), e)
-            half = len(todo) // 2
-            self._run(todo[:half], results)
-            self._run(todo[half:], results)
-            return
-        if len(outs) != len(todo):
-            raise RuntimeError(f"vLLM returned {len(outs)} outputs for {len(todo)} requests")
-        for (i, _, _), out in zip(todo, outs):
-            results[i] = _to_completion(out)
 
 
 def _cpu_workaround(kwargs: dict[str, Any], max_model_len: int | None) -> dict[str, Any]:
