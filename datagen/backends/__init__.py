@@ -17,6 +17,14 @@ class BackendError(ValueError):
     """A backend that cannot be built as asked; the message names the flag and the fix."""
 
 
+class BackendUnavailable(BackendError, ImportError):
+    """A backend whose package this python lacks (also an ImportError naming the module)."""
+
+    def __init__(self, message: str, module: str):
+        super().__init__(message)
+        self.name = module
+
+
 def _backend_class(name: str):
     if name == "extractive":
         from datagen.backends.extractive import ExtractiveGenerator
@@ -24,20 +32,22 @@ def _backend_class(name: str):
     if name == "vllm":
         try:
             import vllm  # noqa: F401 - only to say which interpreter to use
-        except ImportError as e:
+        except ImportError:
             venv = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
                 os.path.abspath(__file__)))), ".venv-vllm", "bin", "python")
-            raise BackendError(f"--backend=vllm: vLLM is not importable in {sys.executable} "
-                               f"({e}); run datagen with the vLLM venv: `{venv} -m datagen "
-                               f"...` (build it with `bash datagen/vllm_env.sh`)") from None
+            raise BackendUnavailable(
+                f"--backend=vllm needs 'vllm', which {sys.executable} lacks; run with the vLLM "
+                f"venv: `{venv} -m datagen ...` (build it with `bash datagen/vllm_env.sh`)",
+                "vllm") from None
         from datagen.backends.vllm_backend import VLLMGenerator
         return VLLMGenerator
     if name == "openai":
         try:
             from datagen.backends.openai_backend import OpenAIGenerator
         except ImportError as e:
-            raise BackendError(f"--backend=openai needs httpx and tenacity ({e}); "
-                               f"`pip install -e .` installs them") from None
+            raise BackendUnavailable(f"--backend=openai needs {e.name!r}, which "
+                                     f"{sys.executable} lacks; `pip install -e .` installs it",
+                                     e.name or "httpx") from None
         return OpenAIGenerator
     raise BackendError(f"--backend={name!r} is not one of {BACKENDS}")
 
