@@ -12,7 +12,8 @@ A runner turns finished prompts into greedy continuations. Implementations:
           def __init__(self, model: str, **kwargs): ...   # model: checkpoint/HF dir
           tokenizer: lctx.tokenizer.Tokenizer
           max_len: int
-          def generate(self, prompts, max_new_tokens, stop) -> list[str]: ...
+          def generate(self, prompts, max_new_tokens, stop=(), *, stop_ids=(),
+                       min_new_tokens=0) -> list[str]: ...
           def close(self) -> None: ...
 
 Contract shared by all runners (tests hold every implementation to it):
@@ -22,9 +23,16 @@ Contract shared by all runners (tests hold every implementation to it):
   Text is tokenized with special-token strings (e.g. "<|eot_id|>") read as special tokens and
   with NO tokens added (no automatic BOS), so text and ids prompts mean the same thing.
 * Decoding is greedy (temperature 0). Generation stops at the tokenizer's end-of-turn /
-  end-of-text ids, at `max_new_tokens`, or at the first occurrence of any `stop` string.
+  end-of-text ids, at `max_new_tokens`, at the first occurrence of any `stop` string, or
+  after generating any of `stop_ids` (extra end-of-sequence ids, as HF's `eos_token_id`
+  list: LongBench's "\n" id).
+* `min_new_tokens=1` bars the end-of-sequence ids and `stop_ids` from the first generated
+  token (HF's `min_length` = prompt length + 1; vLLM's `min_tokens`). Larger values are not
+  needed by any benchmark and may be refused.
 * The result is the continuation text only: special tokens dropped, cut before the stop
-  string (the stop string itself is not included). Order follows `prompts`.
+  string (the stop string itself is not included) and after a stop id (whose text, when it
+  is not a special token, is included, as HF's decode of the generated ids). Order follows
+  `prompts`.
 * `max_len` is the context window (prompt + generated tokens). A prompt with more than
   `max_len - max_new_tokens` tokens raises `PromptTooLongError` naming its index; the caller
   (e.g. RULER's length fitting) must make prompts fit.
@@ -47,8 +55,8 @@ class Runner(Protocol):
     tokenizer: Any
     max_len: int
 
-    def generate(self, prompts: Prompts, max_new_tokens: int, stop: Sequence[str] = ()
-                 ) -> list[str]:
+    def generate(self, prompts: Prompts, max_new_tokens: int, stop: Sequence[str] = (), *,
+                 stop_ids: Sequence[int] = (), min_new_tokens: int = 0) -> list[str]:
         """Greedy continuations of `prompts` (see the module docstring for the contract)."""
         ...
 
@@ -69,6 +77,17 @@ def check_prompts(prompts: Prompts, max_new_tokens: int) -> str:
            for p in prompts):
         return "ids"
     raise TypeError("prompts must be all strings or all lists of token ids (ints)")
+
+
+def check_min_new_tokens(min_new_tokens: int, max_new_tokens: int,
+                         supported: int | None = None) -> None:
+    """Validates `min_new_tokens` (0 <= it <= max_new_tokens, and <= `supported`)."""
+    if not 0 <= min_new_tokens <= max_new_tokens:
+        raise ValueError(f"min_new_tokens={min_new_tokens} must be in [0, max_new_tokens="
+                         f"{max_new_tokens}]")
+    if supported is not None and min_new_tokens > supported:
+        raise ValueError(f"min_new_tokens={min_new_tokens}: this runner supports up to "
+                         f"{supported}")
 
 
 def cut_at_stop(text: str, stop: Sequence[str]) -> str:

@@ -25,7 +25,8 @@ from typing import Any, Sequence
 
 from tqdm import tqdm
 
-from evals.runners.base import Prompts, check_lengths, check_prompts, cut_at_stop
+from evals.runners.base import (Prompts, check_lengths, check_min_new_tokens, check_prompts,
+                                cut_at_stop)
 
 log = logging.getLogger("evals.runners.lctx")
 
@@ -266,10 +267,11 @@ class LctxRunner:
             return self._encoder.encode_batch(list(prompts))
         return [list(map(int, p)) for p in prompts]
 
-    def generate(self, prompts: Prompts, max_new_tokens: int, stop: Sequence[str] = ()
-                 ) -> list[str]:
+    def generate(self, prompts: Prompts, max_new_tokens: int, stop: Sequence[str] = (), *,
+                 stop_ids: Sequence[int] = (), min_new_tokens: int = 0) -> list[str]:
         """Greedy continuations (contract: `evals.runners.base`)."""
         check_prompts(prompts, max_new_tokens)
+        check_min_new_tokens(min_new_tokens, max_new_tokens, supported=1)
         ids = self.encode(prompts)
         if not ids:
             return []
@@ -278,12 +280,34 @@ class LctxRunner:
         if bad:
             raise ValueError(f"prompt {bad[0][0]} holds token id {bad[0][1]}, outside the "
                              f"model's vocabulary [0, {self.cfg.vocab_size})")
-        out_ids = self.generate_ids(ids, max_new_tokens)
+        out_ids = self.generate_ids(ids, max_new_tokens, stop_ids=stop_ids,
+                                    min_new_tokens=min_new_tokens)
         return [cut_at_stop(self.tokenizer.decode([t for t in o if t not in self._special_ids]),
                             stop) for o in out_ids]
 
-    def generate_ids(self, ids: list[list[int]], max_new_tokens: int) -> list[list[int]]:
-        """Greedy token ids after each prompt, cut before the first end-of-turn/text id."""
+    def generate_ids(self, ids: list[list[int]], max_new_tokens: int, *,
+                     stop_ids: Sequence[int] = (), min_new_tokens: int = 0
+                     ) -> list[list[int]]:
+        """Greedy token ids after each prompt, cut before the first end-of-turn/text id and
+        after the first of `stop_ids`; with `min_new_tokens=1` the first token is the best
+        one that is neither (HF's `min_length` = prompt + 1)."""
+        first: list[list[int]] = [[] for _ in ids]
+        if min_new_tokens:
+            barred = sorted(set(self.tokenizer.eos_ids) | set(stop_ids))
+            first = [[t] for t in self._first_tokens(ids, barred)]
+            if max_new_tokens == 1:
+                return first
+            ids = [x + f for x, f in zip(ids, first)]
+            max_new_tokens -= 1
+        stops = set(stop_ids)
+        rest = self._generate_rows(ids, max_new_tokens)
+        out = []
+        for f, row in zip(first, rest):
+            cut = next((k + 1 for k, tok in enumerate(row) if tok in stops), len(row))
+            out.append(f + row[:cut])
+        return out
+
+    def _generate_rows(self, ids: list[list[int]], max_new_tokens: int) -> list[list[int]]:
         import numpy as np
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         size = 1 if self._exact else self.batch_size
@@ -308,6 +332,56 @@ class LctxRunner:
                 out[i] = row[:cut]
             bar.update(len(order[start:start + size]))
         bar.close()
+        return out
+
+    def _batches(self, lengths: list[int], budget: int):
+        """(row indices, static width) batches sorted by length and bucketed like generation;
+        a short last batch repeats its last row (callers keep the first results only)."""
+        order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+        size = 1 if self._exact else self.batch_size
+        for start in range(0, len(order), size):
+            rows = order[start:start + size]
+            rows += [rows[-1]] * (size - len(rows))  # one compiled shape per bucket
+            longest = max(lengths[i] for i in rows)
+            yield rows, (longest if self._exact else
+                         bucket_length(longest, budget, self.min_bucket))
+
+    def _first_tokens(self, ids: list[list[int]], barred: Sequence[int]) -> list[int]:
+        """The greedy next token after each prompt among the ids not in `barred`."""
+        import numpy as np
+
+        from evals.runners import lctx_logits
+        out = [0] * len(ids)
+        for rows, width in self._batches([len(x) for x in ids], self.max_len):
+            logits_BV = np.array(lctx_logits.next_token_logits(
+                self.model, [ids[i] for i in rows], pad_id=self.tokenizer.pad_id, width=width,
+                mesh=self.mesh))
+            logits_BV[:, list(barred)] = -float("inf")
+            for r, i in enumerate(rows):
+                out[i] = int(logits_BV[r].argmax())
+        return out
+
+    def loglikelihood(self, pairs: Sequence[tuple[Sequence[int], Sequence[int]]]
+                      ) -> list[tuple[float, bool]]:
+        """(log p(continuation | context), is it the greedy continuation) per pair of token
+        lists, batched (lm-evaluation-harness's `loglikelihood`). Each pair must fit the
+        window: len(context) + len(continuation) - 1 <= max_len."""
+        from evals.runners import lctx_logits
+        pairs = [(list(map(int, c)), list(map(int, x))) for c, x in pairs]
+        out: list[tuple[float, bool] | None] = [None] * len(pairs)
+        lengths = [len(c) + len(x) - 1 for c, x in pairs]
+        for i, (n, (c, x)) in enumerate(zip(lengths, pairs)):
+            if not c or not x or n > self.max_len:
+                raise ValueError(f"pair {i}: context {len(c)} + continuation {len(x)} tokens "
+                                 f"(both >= 1) must fit the window ({self.max_len} + 1)")
+        for rows, width in self._batches(lengths, self.max_len):
+            longest = max(len(pairs[i][1]) for i in rows)
+            got = lctx_logits.continuation_logprobs(
+                self.model, [pairs[i] for i in rows], pad_id=self.tokenizer.pad_id,
+                width=width, n_scored=1 << max(0, math.ceil(math.log2(longest))),
+                mesh=self.mesh)
+            for i, g in zip(rows, got):
+                out[i] = g
         return out
 
     def _decode(self, prompt_BT, lengths_B, max_new_tokens: int):

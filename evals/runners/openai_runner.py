@@ -10,7 +10,8 @@ import concurrent.futures
 from typing import Any, Sequence
 
 from datagen.backends.openai_backend import HTTPError, JSONClient
-from evals.runners.base import Prompts, check_lengths, check_prompts, cut_at_stop
+from evals.runners.base import (Prompts, check_lengths, check_min_new_tokens, check_prompts,
+                                cut_at_stop)
 
 
 class OpenAIRunner:
@@ -51,7 +52,8 @@ class OpenAIRunner:
                          f"model {self.model!r} (models: {[m.get('id') for m in models]}); "
                          f"pass max_len=")
 
-    def _one(self, prompt: Any, max_new_tokens: int, stop: list[str]) -> str:
+    def _one(self, prompt: Any, max_new_tokens: int, stop: list[str], stop_ids: list[int],
+             min_new_tokens: int) -> str:
         body: dict[str, Any] = {"model": self.model, "prompt": prompt,
                                 "max_tokens": max_new_tokens, "temperature": 0.0}
         if stop:
@@ -59,6 +61,10 @@ class OpenAIRunner:
         if self.vllm_extensions:
             body["add_special_tokens"] = False
             body["skip_special_tokens"] = True
+            if stop_ids:
+                body["stop_token_ids"] = stop_ids
+            if min_new_tokens:
+                body["min_tokens"] = min_new_tokens
         resp = self.client.post("/completions", body)
         try:
             text = resp["choices"][0]["text"] or ""
@@ -67,17 +73,25 @@ class OpenAIRunner:
                                f"{str(resp)[:200]}") from e
         return cut_at_stop(text, stop)
 
-    def generate(self, prompts: Prompts, max_new_tokens: int, stop: Sequence[str] = ()
-                 ) -> list[str]:
-        """Greedy continuations, `concurrency` requests at a time, in prompt order."""
+    def generate(self, prompts: Prompts, max_new_tokens: int, stop: Sequence[str] = (), *,
+                 stop_ids: Sequence[int] = (), min_new_tokens: int = 0) -> list[str]:
+        """Greedy continuations, `concurrency` requests at a time, in prompt order.
+        `stop_ids` and `min_new_tokens` are vLLM server extensions (`stop_token_ids`,
+        `min_tokens`): refused when `vllm_extensions` is off."""
         kind = check_prompts(prompts, max_new_tokens)
+        check_min_new_tokens(min_new_tokens, max_new_tokens)
+        if (stop_ids or min_new_tokens) and not self.vllm_extensions:
+            raise ValueError("stop_ids / min_new_tokens need a vLLM server (vllm_extensions="
+                             "True): the OpenAI API has no such fields")
         prompts = [p if isinstance(p, str) else list(p) for p in prompts]
         lengths = ([len(x) for x in self.tokenizer.encode_batch(prompts)] if kind == "text"
                    else [len(p) for p in prompts])
         check_lengths(lengths, self.max_len, max_new_tokens)
         stop = [s for s in stop if s]
         with concurrent.futures.ThreadPoolExecutor(self.concurrency) as pool:
-            futures = [pool.submit(self._one, p, max_new_tokens, stop) for p in prompts]
+            futures = [pool.submit(self._one, p, max_new_tokens, stop,
+                                   [int(t) for t in stop_ids], int(min_new_tokens))
+                       for p in prompts]
             try:
                 return [f.result() for f in futures]
             except HTTPError as e:

@@ -14,7 +14,8 @@ import subprocess
 import tempfile
 from typing import Any, Sequence
 
-from evals.runners.base import Prompts, PromptTooLongError, check_prompts
+from evals.runners.base import (Prompts, PromptTooLongError, check_min_new_tokens,
+                                check_prompts)
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -106,17 +107,19 @@ class VLLMRunner:
                                f"{self.log_tail()}")
         return json.loads(line)
 
-    def generate(self, prompts: Prompts, max_new_tokens: int, stop: Sequence[str] = ()
-                 ) -> list[str]:
+    def generate(self, prompts: Prompts, max_new_tokens: int, stop: Sequence[str] = (), *,
+                 stop_ids: Sequence[int] = (), min_new_tokens: int = 0) -> list[str]:
         """Greedy continuations, batched in one engine call (contract: `runners.base`)."""
         check_prompts(prompts, max_new_tokens)
+        check_min_new_tokens(min_new_tokens, max_new_tokens)
         if not list(prompts):
             return []
         if self._proc.poll() is not None:
             raise RuntimeError("the vLLM worker is not running (closed or crashed)")
         msg = {"op": "generate", "prompts": [p if isinstance(p, str) else list(p)
                                              for p in prompts],
-               "max_new_tokens": int(max_new_tokens), "stop": list(stop)}
+               "max_new_tokens": int(max_new_tokens), "stop": list(stop),
+               "stop_ids": [int(t) for t in stop_ids], "min_new_tokens": int(min_new_tokens)}
         self._proc.stdin.write(json.dumps(msg) + "\n")
         self._proc.stdin.flush()
         rep = self._read()

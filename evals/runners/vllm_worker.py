@@ -5,7 +5,8 @@
 Replies on stdout, one JSON object a line; everything libraries print goes to stderr (the
 protocol keeps a private duplicate of the original stdout). First line: {"ready": true,
 "max_len": N, ...} or {"ready": false, "error": ...}. Then per request line
-{"op": "generate", "prompts": [...], "max_new_tokens": n, "stop": [...]} the reply is
+{"op": "generate", "prompts": [...], "max_new_tokens": n, "stop": [...], "stop_ids": [...],
+"min_new_tokens": k} the reply is
 {"ok": true, "texts": [...]} or {"ok": false, "kind": "...", "error": "..."};
 {"op": "close"} ends the worker.
 """
@@ -44,7 +45,11 @@ def _generate(llm, max_len: int, req: dict) -> list[str]:
     else:
         ids = [list(map(int, p)) for p in prompts]
     check_lengths([len(x) for x in ids], max_len, n_new)
+    # stop_token_ids: generated and kept in the text (unless special), like HF's eos list;
+    # min_tokens bars eos and stop_token_ids before it, like HF's min_length.
     params = SamplingParams(temperature=0.0, max_tokens=n_new, stop=stop or None,
+                            stop_token_ids=[int(t) for t in req.get("stop_ids") or []] or None,
+                            min_tokens=int(req.get("min_new_tokens") or 0),
                             skip_special_tokens=True)
     outs = llm.generate([TokensPrompt(prompt_token_ids=x) for x in ids], params,
                         use_tqdm=False)
