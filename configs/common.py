@@ -133,5 +133,12 @@ def base_config() -> mc.ConfigDict:
         peak_tflops=989.0,  # per-device peak for MFU, TFLOP/s (H100 SXM bf16 dense)
         progress=True,  # tqdm progress bar
     ))
+    c.perf = mc.ConfigDict(dict(  # throughput table for lctx.plan's step-time projection
+        source="one H200, jax 0.11.2, bf16, 2026-11-30 (issue 17)",  # where these were measured
+        matmul_tflops=615.0,  # bf16 8192^3 matmul, TFLOP/s per device (the ceiling)
+        # attention forward+backward TFLOP/s per device, Llama-3.1-8B heads (N=32, K=8,
+        # H=128), one causal row of T=32K; key: cudnn or xla_block<block_k>
+        attn_tflops=mc.ConfigDict(dict(xla_block512=26.0, xla_block1024=46.0, cudnn=128.0)),
+    ))
     c.stages = mc.ConfigDict()
     return c

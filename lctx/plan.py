@@ -1,15 +1,22 @@
-r"""Will it fit? Per-device memory and FLOPs of a training step, from abstract shapes only.
+r"""Will it fit, and how long will it take? Per-device memory, FLOPs and projected step time
+of a run config's training steps, from abstract shapes only.
 
-    python -m lctx.plan --preset=llama3-8b --seq=180K,350K,650K,1M --devices=8,16,32
-    python -m lctx.plan --config=configs/1m.py --devices=32
+    python3 -m lctx.plan --config=configs/1m.py --devices=8,16,32
+    python3 -m lctx.plan --config=configs/1m.py:rope=llama3 --config.data.batch_size=16 \
+        --seq=1M --devices=32 --analytic
+
+The config is loaded as `lctx.train` loads it (`--config.x=y` overrides, locked). Every
+stage is planned at its own length and RoPE (or at each `--seq`), on each device count.
 
 Nothing is allocated: parameters and optimizer state come from `nnx.eval_shape` and the
 mesh shardings (exact). Activations come from compiling the real `lctx.trainer.train_step`
 with 2 and 3 scanned layers for the target mesh on simulated CPU devices (XLA
 memory_analysis) and extrapolating linearly to L layers (estimate). Beside it, `resid` is
-the analytic floor of remat='full': the bf16 residual stream saved at every layer input,
-L x B x T/C x D x bytes(dtype). FLOPs per step are analytic: 6 x matmul params + causal
-attention 6 x L x N x H x T per token (`lctx.trainer.flops_per_token`).
+the analytic floor of remat='full': the bf16 residual stream saved at every layer input for
+one micro-batch, L x (B / grad_accum) x T / shards x D x bytes(dtype). FLOPs per step are
+analytic: 6 x matmul params + causal attention 6 x L x N x H x T per token
+(`lctx.trainer.flops_per_token`). Step time is a PROJECTION (`lctx.perf`) from the
+throughput table in the config's `perf` section (H200 numbers measured in issue 17).
 
 Why scanned probes: XLA CPU removes optimization barriers before it schedules (GPU only
 after), so with unrolled layers it moves every layer's remat recompute into the forward
@@ -21,14 +28,14 @@ saved bf16 residual as float32 (CPU upcast), so its per-layer part can be ~2x a 
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import os
 import sys
 import time
-from typing import Any
+
+from lctx import perf
+from lctx.sharding import CONTEXT, DATA, FSDP
 
 GiB = 1024**3
-PRESETS = {"llama3-8b": "LLAMA31_8B", "tiny": "TINY"}  # names in configs/common.py
 
 
 def parse_tokens(s: str) -> int:
@@ -43,7 +50,8 @@ def parse_tokens(s: str) -> int:
 
 @dataclasses.dataclass
 class Cell:
-    """One (sequence length, device count) plan row; bytes are per device."""
+    """One (stage, sequence length, device count) plan row; bytes are per device."""
+    stage: str
     seq: int
     devices: int
     mesh: dict
@@ -56,38 +64,17 @@ class Cell:
     compiled: bool = True  # False: activations not measured (--analytic)
     act_layer: int = 0  # measured activation bytes per extra layer (compiled probes)
     resid: int = 0  # ANALYTIC saved residual stream of remat='full', all layers; 0 otherwise
-    tokens: int = 0  # tokens per device: B x T / (context x batch shards)
+    tokens: int = 0  # tokens per device per micro-batch: (B / grad_accum) x T / shards
+    steps: int = 0  # optimizer steps of the stage
+    step: perf.StepTime | None = None  # PROJECTED time per optimizer step
 
     @property
     def total(self) -> int:
         return self.params + self.grads + self.opt + self.activations
 
-
-def _load_config(spec: str):
-    path, _, arg = spec.partition(":")
-    if not os.path.exists(path):
-        raise ValueError(f"--config={spec}: no file {path!r}.")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(path)))
-    sys.path.insert(0, root)  # so `from configs import common` resolves
-    mod_spec = importlib.util.spec_from_file_location("_plan_config", path)
-    mod = importlib.util.module_from_spec(mod_spec)
-    mod_spec.loader.exec_module(mod)
-    return mod.get_config(arg or None)
-
-
-def _preset_config(name: str, seq: int):
-    from configs import common  # noqa: the presets live with the configs
-    if name not in PRESETS:
-        raise ValueError(f"--preset={name!r}; expected one of {sorted(PRESETS)}.")
-    cfg = common.base_config()
-    cfg.model.update(getattr(common, PRESETS[name]))
-    cfg.model.update(max_seq_len=seq, dtype="bfloat16", param_dtype="float32", remat="full")
-    cfg.attn.impl = "ring"
-    cfg.mesh.update(data=1, fsdp=1, context=-1, tensor=1)
-    cfg.data.batch_size, cfg.opt.grad_accum = 1, 1
-    cfg.stages = {"plan": common.stage(seq_len=seq, steps=1, rope_cfg=common.rope(
-        **common.LLAMA31_ROPE))}
-    return cfg
+    @property
+    def stage_hours(self) -> float:
+        return self.steps * self.step.seconds / 3600 if self.step else float("nan")
 
 
 def _bytes_per_device(tree, shardings) -> int:
@@ -98,7 +85,7 @@ def _bytes_per_device(tree, shardings) -> int:
 
 
 def _abstract_state(mcfg, mesh, tx):
-    """(graphdef, abstract train state with shardings, params bytes, opt bytes)."""
+    """(graphdef, abstract train state, shardings, params bytes, opt bytes)."""
     import jax
     import jax.numpy as jnp
     from flax import nnx
@@ -127,7 +114,6 @@ def _compiled_temp(cfg, mcfg, mesh, seq: int) -> int:
 
     import jax
     import jax.numpy as jnp
-    from jax.sharding import NamedSharding
 
     from lctx import optim, sharding, trainer
     tx = optim.make_tx(cfg.opt)
@@ -143,23 +129,22 @@ def _compiled_temp(cfg, mcfg, mesh, seq: int) -> int:
                              state, shard)
     step = functools.partial(trainer.train_step, graphdef=graphdef, tx=tx, schedule=sched,
                              grad_accum=cfg.opt.grad_accum, loss_chunk=cfg.opt.loss_chunk)
-    out_shard = (shard, None)
     with sharding.use_mesh(mesh):
-        compiled = jax.jit(step, out_shardings=out_shard, donate_argnums=0).lower(
+        compiled = jax.jit(step, out_shardings=(shard, None), donate_argnums=0).lower(
             abs_state, batch).compile()
     return int(compiled.memory_analysis().temp_size_in_bytes)
 
 
-def plan_cell(cfg, seq: int, devices: int, compile_layers: bool = True) -> Cell:
-    """Per-device plan for `cfg` (a run config) at `seq` tokens on `devices` devices."""
+def plan_cell(cfg, stage: str, seq: int, devices: int, compile_layers: bool = True) -> Cell:
+    """Per-device plan for stage `stage` of `cfg` (a run config) at `seq` tokens."""
     import jax
 
     from lctx import optim, sharding, trainer
-    mesh_axes = {k: int(v) for k, v in cfg.mesh.items()}
-    mesh = sharding.make_mesh(mesh_axes, devices=jax.devices()[:devices])
-    stage = next(iter(cfg.stages.values()))
-    mcfg = dataclasses.replace(trainer.model_config(cfg, stage.rope), max_seq_len=max(
-        seq, cfg.model.max_seq_len))
+    mesh = sharding.make_mesh({k: int(v) for k, v in cfg.mesh.items()},
+                              devices=jax.devices()[:devices])
+    scfg = cfg.stages[stage]
+    mcfg = dataclasses.replace(trainer.model_config(cfg, scfg.rope),
+                               max_seq_len=max(seq, cfg.model.max_seq_len))
     _, _, _, params, opt = _abstract_state(mcfg, mesh, optim.make_tx(cfg.opt))
     t0 = time.time()
     acts = per_layer = 0
@@ -171,13 +156,16 @@ def plan_cell(cfg, seq: int, devices: int, compile_layers: bool = True) -> Cell:
         per_layer = max(t3 - t2, 0)
         temp = t2 + (mcfg.n_layers - 2) * per_layer
         acts = max(temp - params, 0)  # the step's fp32 gradient accumulator is in temp
-    shards = mesh.shape.get("context", 1) * mesh.shape.get("data", 1) * mesh.shape.get("fsdp", 1)
-    tokens = seq * cfg.data.batch_size // shards
+    shards = mesh.shape.get(CONTEXT, 1) * mesh.shape.get(DATA, 1) * mesh.shape.get(FSDP, 1)
+    # The train step scans over grad_accum micro-batches: one micro-batch is live at a time.
+    micro_rows = cfg.data.batch_size // cfg.opt.grad_accum
+    tokens = seq * micro_rows // shards
     resid = (mcfg.n_layers * tokens * mcfg.d_model * _itemsize(mcfg.dtype)
              if mcfg.remat == "full" else 0)
     flops = trainer.flops_per_token(mcfg, seq) * seq * cfg.data.batch_size
-    return Cell(seq, devices, dict(mesh.shape), params, params, opt, acts, flops,
-                time.time() - t0, compile_layers, per_layer, resid, tokens)
+    return Cell(stage, seq, devices, dict(mesh.shape), params, params, opt, acts, flops,
+                time.time() - t0, compile_layers, per_layer, resid, tokens, int(scfg.steps),
+                perf.step_time(cfg, mcfg, seq, devices))
 
 
 def _itemsize(dtype: str) -> int:
@@ -188,9 +176,9 @@ def _itemsize(dtype: str) -> int:
 
 def format_table(cells: list[Cell], hbm_gib: float = 80.0) -> str:
     """Plain-text table, GiB per device; `fits` against `hbm_gib`."""
-    head = (f"{'seq':>8} {'dev':>4} {'mesh':<34} {'params':>7} {'grads':>7} {'adamw':>7} "
-            f"{'acts*':>7} {'B/tok/L':>8} {'resid':>7} {'total':>7} {'fits':>5} "
-            f"{'PFLOP/step':>10} {'TFLOP/dev':>9}")
+    head = (f"{'stage':<9} {'seq':>8} {'dev':>4} {'mesh':<30} {'params':>7} {'grads':>7} "
+            f"{'adamw':>7} {'acts*':>7} {'B/tok/L':>8} {'resid':>7} {'total':>7} {'fits':>5} "
+            f"{'PFLOP/step':>10} {'step s':>8} {'stage h':>8}")
     rows = [head, "-" * len(head)]
     for c in cells:
         mesh = ",".join(f"{k}={v}" for k, v in c.mesh.items())
@@ -199,63 +187,85 @@ def format_table(cells: list[Cell], hbm_gib: float = 80.0) -> str:
                    f"{'n/a':>8}")
         resid = f"{c.resid / GiB:7.2f}" if c.resid else f"{'n/a':>7}"
         fits = ("yes" if c.total < hbm_gib * GiB else "NO") if c.compiled else "?"
-        rows.append(f"{c.seq:>8} {c.devices:>4} {mesh:<34} {c.params / GiB:7.2f} "
+        step = f"{c.step.seconds:8.1f}" if c.step else f"{'n/a':>8}"
+        rows.append(f"{c.stage:<9} {c.seq:>8} {c.devices:>4} {mesh:<30} {c.params / GiB:7.2f} "
                     f"{c.grads / GiB:7.2f} {c.opt / GiB:7.2f} {acts} {per_tok} {resid} "
-                    f"{c.total / GiB:7.2f} {fits:>5} "
-                    f"{c.flops_step / 1e15:10.1f} {c.flops_step / c.devices / 1e12:9.1f}")
-    rows.append("params/grads/adamw: exact from abstract shapes and shardings (fp32 master "
+                    f"{c.total / GiB:7.2f} {fits:>5} {c.flops_step / 1e15:10.1f} {step} "
+                    f"{c.stage_hours:8.1f}")
+    rows.append("params/grads/adamw: EXACT from abstract shapes and shardings (fp32 master "
                 "weights, 2 fp32 moments). acts*: ESTIMATE, CPU-compiled temp of a 2- and a "
                 "3-layer scanned train step, extrapolated to all layers, minus the gradient "
                 "buffer; B/tok/L: its bytes per token per extra layer (CPU keeps the saved "
                 "bf16 residual as f32, so this part may be ~2x a GPU's). resid: ANALYTIC "
-                "floor of remat=full, L x tokens/device x D x dtype bytes (not in total). "
-                "FLOPs: ANALYTIC, 6 x matmul params + 6 x L x N x H x T per token.")
+                "floor of remat=full for one micro-batch, L x tokens/device x D x dtype bytes "
+                "(not in total). FLOPs: ANALYTIC, 6 x matmul params + 6 x L x N x H x T per "
+                "token. step s / stage h: PROJECTION (see below).")
     return "\n".join(rows)
 
 
+def budget(cells: list[Cell]) -> str:
+    """The paper schedule's projected cost: GPU-hours per stage (the same on any device
+    count in this model) and wall hours with every stage on the most planned devices."""
+    most = max(c.devices for c in cells)
+    parts, gpu_h, wall_h = [], 0.0, 0.0
+    for stage in dict.fromkeys(c.stage for c in cells):
+        c = next((c for c in cells if c.stage == stage and c.devices == most and c.step), None)
+        if c is None:
+            parts.append(f"{stage} n/a")
+            continue
+        gpu_h += c.stage_hours * c.devices
+        wall_h += c.stage_hours
+        parts.append(f"{stage} {c.stage_hours * c.devices:,.0f} GPU-h")
+    return (f"budget (PROJECTION): {'; '.join(parts)}; total {gpu_h:,.0f} GPU-h = {wall_h:.1f} h "
+            f"on {most} devices. He et al. (8-32 H100s): 30 h through 650K, +52.5 h for 1M "
+            "(82.5 h).")
+
+
 def main(argv=None) -> list[Cell]:
-    """CLI entry; returns the computed cells (for tests)."""
-    import argparse
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--config", help="configs/<name>.py[:arg]; every stage is planned")
-    ap.add_argument("--preset", default="llama3-8b", help=f"one of {sorted(PRESETS)}")
-    ap.add_argument("--seq", default="180K,350K,650K,1M", help="token counts, e.g. 180K,1M")
-    ap.add_argument("--devices", default="8,16,32", help="device counts, e.g. 8,16,32")
-    ap.add_argument("--analytic", action="store_true", help="skip compiles (no activations)")
-    ap.add_argument("--hbm_gib", type=float, default=80.0, help="device memory, GiB (H100 80)")
-    args = ap.parse_args(argv)
-    counts = [int(d) for d in args.devices.split(",")]
+    """CLI entry (argv without the program name); returns the computed cells (for tests)."""
+    from absl import flags
+
+    from lctx import config_cli
+
+    def more(fv):
+        flags.DEFINE_string("seq", "", "token counts, e.g. 180K,1M (default: each stage's "
+                            "seq_len)", flag_values=fv)
+        flags.DEFINE_string("devices", "8,16,32", "device counts, e.g. 8,16,32",
+                            flag_values=fv)
+        flags.DEFINE_bool("analytic", False, "skip compiles (no activations)", flag_values=fv)
+        flags.DEFINE_float("hbm_gib", 80.0, "device memory, GiB (H100 80)", flag_values=fv)
+
+    cfg, fv = config_cli.parse(sys.argv[1:] if argv is None else argv, more)
+    counts = [int(d) for d in fv.devices.split(",")]
     import jax
     if jax.device_count() < max(counts):
-        raise ValueError(f"--devices={args.devices} needs {max(counts)} devices; this process "
+        raise ValueError(f"--devices={fv.devices} needs {max(counts)} devices; this process "
                          f"has {jax.device_count()} (JAX was initialised before lctx.plan).")
-    if args.config:
-        cfg = _load_config(args.config)
-        jobs = [(cfg, int(s.seq_len)) for s in cfg.stages.values()]
-        if args.seq != ap.get_default("seq"):
-            jobs = [(cfg, parse_tokens(s)) for s in args.seq.split(",")]
-    else:
-        jobs = [(_preset_config(args.preset, parse_tokens(s)), parse_tokens(s))
-                for s in args.seq.split(",")]
+    stages = sorted(cfg.stages.keys())
+    jobs = [(s, int(cfg.stages[s].seq_len)) for s in stages]
+    if fv.seq:
+        jobs = [(stages[-1], parse_tokens(s)) for s in fv.seq.split(",")]
     from tqdm import tqdm
     cells = []
     with tqdm(total=len(jobs) * len(counts), desc="plan", file=sys.stderr) as bar:
-        for cfg, seq in jobs:
+        for stage, seq in jobs:
             for n in counts:
-                bar.set_postfix(seq=seq, devices=n)
-                cells.append(plan_cell(cfg, seq, n, compile_layers=not args.analytic))
-                bar.write(format_table(cells[-1:], args.hbm_gib).splitlines()[2], file=sys.stderr)
+                bar.set_postfix(stage=stage, seq=seq, devices=n)
+                cells.append(plan_cell(cfg, stage, seq, n, compile_layers=not fv.analytic))
+                bar.write(format_table(cells[-1:], fv.hbm_gib).splitlines()[2], file=sys.stderr)
                 bar.update()
-    print(format_table(cells, args.hbm_gib))
+    print(format_table(cells, fv.hbm_gib))
+    print(perf.describe(cfg))
+    print(budget(cells))
     return cells
 
 
 def _simulate_devices(argv) -> None:
     """CPU runs: simulate the largest requested device count (before JAX starts)."""
-    import argparse
-    ap = argparse.ArgumentParser(add_help=False)
-    ap.add_argument("--devices", default="8,16,32")
-    n = max(int(d) for d in ap.parse_known_args(argv)[0].devices.split(","))
+    n = 32
+    for a in argv:
+        if a.startswith("--devices="):
+            n = max(int(d) for d in a.split("=", 1)[1].split(","))
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                                f" --xla_force_host_platform_device_count={n}")
@@ -263,4 +273,7 @@ def _simulate_devices(argv) -> None:
 
 if __name__ == "__main__":
     _simulate_devices(sys.argv[1:])
-    main()
+    try:
+        main()
+    except ValueError as e:  # a user's mistake: say it without a traceback
+        sys.exit(f"lctx.plan: {e}")
