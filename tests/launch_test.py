@@ -17,12 +17,59 @@ def test_sweep_dry_run_prints_grid(tmp_path):
         [sys.executable, "-m", "launch.sweep", "--config=configs/demo.py:quick",
          f"--root={tmp_path}", "--grid=opt.lr=1e-3,3e-4", "--grid=data.batch_size=4,8",
          "--set=ckpt.keep=1", "--dry_run"], cwd=ROOT, capture_output=True, text=True, check=True)
-    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("[sweep")]
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("[sweep ")]
     assert len(lines) == 4
     assert "[sweep 1/4]" in lines[0] and "-m lctx.train --config=configs/demo.py:quick" in lines[0]
     assert f"--workdir={tmp_path}/opt.lr=1e-3,data.batch_size=4" in lines[0]
     assert "--config.opt.lr=3e-4 --config.data.batch_size=8 --config.ckpt.keep=1" in lines[3]
     assert not list(tmp_path.iterdir())  # a dry run writes nothing
+
+
+TABLE7 = ("hs-hs-hs-randomized", "hs-hs-hs-fixed", "h-h-s-randomized", "h-h-s-fixed-no-sum",
+          "h-h-s-fixed", "h-h-randomized", "h-h-h-randomized")
+
+
+def _dry_run(*args):
+    return subprocess.run([sys.executable, "-m", "launch.sweep", *args, "--dry_run"], cwd=ROOT,
+                          capture_output=True, text=True)
+
+
+def test_sweep_over_table7_variants_is_one_command(tmp_path):
+    """The seven recipes are `:variant`s of configs/ablation_180k.py: the sweep must pass
+    them there (it emitted --config.variant=..., which fails when lctx.train starts)."""
+    out = _dry_run("--config=configs/ablation_180k.py:docs=300", f"--root={tmp_path}",
+                   f"--grid=variant={','.join(TABLE7)}", "--grid=opt.lr=6e-5,3e-5",
+                   "--set=ckpt.init_from=/models/llama", "--slurm", "--nodes=1")
+    assert out.returncode == 0, out.stderr
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("[sweep ")]
+    assert len(lines) == 14 and "--config.variant" not in out.stdout
+    assert "[sweep] 14 commands; every config loads" in out.stdout
+    for v in TABLE7:
+        for lr in ("6e-5", "3e-5"):
+            want = (f"configs/ablation_180k.py:docs=300,variant={v} "
+                    f"{tmp_path}/variant={v},opt.lr={lr} --config.opt.lr={lr} "
+                    "--config.ckpt.init_from=/models/llama")
+            assert sum(want in ln for ln in lines) == 1, want
+    # Each command's config is the variant's (what lctx.train will load).
+    cmds = sweep.commands("configs/ablation_180k.py", "r", sweep.parse_grid(
+        [f"variant={','.join(TABLE7)}"]), slurm=False, nodes=1, extra=[])
+    from lctx import config_cli
+    assert [config_cli.load(sweep.train_args(c[2])).data.recipe for c in cmds] == list(TABLE7)
+
+
+def test_sweep_checks_every_command_before_running(tmp_path):
+    out = _dry_run("--config=configs/ablation_180k.py", f"--root={tmp_path}",
+                   "--grid=variant=h-h-s-fixed,h-h-s-fixd", "--grid=opt.lrr=1e-5")
+    assert out.returncode == 2
+    assert "2 of 2 commands do not load their config; nothing was run" in out.stderr
+    assert "variant 'h-h-s-fixd'" in out.stderr and "lrr" in out.stderr
+    assert "[sweep 1/" not in out.stdout and not list(tmp_path.iterdir())
+    # A top-level field is an override, a forced ':key' an :arg key.
+    cmds = sweep.commands("configs/demo.py:quick", "r", sweep.parse_grid(
+        ["seed=1,2", ":variant=smoke"]), slurm=False, nodes=1, extra=[])
+    assert cmds[1][2][3:] == ["--config=configs/demo.py:variant=smoke", "--workdir=r/seed=2,"
+                              "variant=smoke", "--config.seed=2"]
+    assert sweep.check(cmds) == []
 
 
 def test_sweep_slurm_dry_run():
