@@ -42,8 +42,8 @@ def _dense(q, k, v, seg=SEG, pos=POS):
                         pos, pos, causal=True, scale=SCALE)
 
 
-@pytest.mark.parametrize("max_docs", [4, 16])
-def test_twin_equals_dense_values_and_gradients(max_docs):
+def test_twin_equals_dense_values_and_gradients(max_docs=4):
+    """Row 0 fills 3 of the 4 document slots, row 1 one: unused slots are exercised too."""
     q, k, v, w = _qkv(0)
     out, lse = jax.jit(lambda q, k, v: C.block_fwd(
         q, k, v, SEG, SEG, POS, POS, kind="causal", scale=SCALE, max_docs=max_docs,
@@ -113,8 +113,9 @@ def test_layout_contract_bf16():
     [B, T, N] bf16); padding rows exactly 0 / -inf; nothing cuDNN leaves unwritten (the twin
     writes NaN there) leaks out."""
     q, k, v, _ = _qkv(2, jnp.bfloat16)
-    out, lse = C.block_fwd(q, k, v, SEG, SEG, POS, POS, kind="causal", scale=SCALE,
-                           max_docs=4, backend="xla")
+    out, lse = jax.jit(lambda q, k, v: C.block_fwd(
+        q, k, v, SEG, SEG, POS, POS, kind="causal", scale=SCALE, max_docs=4,
+        backend="xla"))(q, k, v)
     assert out.dtype == jnp.bfloat16 and out.shape == q.shape
     assert lse.dtype == jnp.float32 and lse.shape == (B, N, T)
     pad = np.asarray(SEG) == 0
@@ -147,8 +148,8 @@ def test_packed_stats_are_virtual_sequences():
 @pytest.mark.parametrize("case", ["positions", "reused_id", "too_many", "m1_offset",
                                   "full_not_causal", "causal_ids_differ"])
 def test_broken_preconditions_poison_only_their_row(case):
-    """A row the kernel cannot compute exactly comes back NaN (values and gradients); the
-    other row is untouched."""
+    """A row the kernel cannot compute exactly comes back NaN (values; gradients checked for
+    one case, the same guard); the other row is untouched."""
     seg, pos = np.asarray(SEG).copy(), np.asarray(POS).copy()
     kind, max_docs, k_seg, k_pos = "causal", 4, None, None
     if case == "positions":
@@ -173,7 +174,7 @@ def test_broken_preconditions_poison_only_their_row(case):
     args = tuple(jnp.asarray(x, jnp.int32) for x in (seg, k_seg, pos, k_pos))
     kw = dict(kind=kind, scale=SCALE, max_docs=max_docs, backend="xla")
     out, lse = C.block_fwd(q, k, v, *args, **kw)
-    grads = C.block_bwd(q, k, v, *args, out, lse, w, **kw)
+    grads = C.block_bwd(q, k, v, *args, out, lse, w, **kw) if case == "positions" else ()
     bad = 1 if case == "m1_offset" else 0
     for x in (out, lse) + grads:
         x = np.asarray(x)
