@@ -1,18 +1,26 @@
-"""Batched vLLM datagen backend vs one request at a time, same engine, same prompts.
+"""Batched vLLM datagen backend vs one request at a time, same engine, same prompts, fairly.
 
-    python bench/vllm_bench.py [--n 24] [--model DIR] [--max-tokens 64]
+    python bench/vllm_bench.py [--n 24] [--repeats 3] [--model DIR] [--max-tokens 64]
 
 Runs in `.venv-vllm` (re-executes itself there when started from another python). Without
 --model it builds the tiny random Llama of `tests/vllm_helpers.py` (CPU-friendly). The
 prompts look like datagen's: a shared document chunk followed by one of several questions,
 with the QA JSON schema, so prefix caching and structured output are both on the path.
-Prints seconds, requests/s and the batched/sequential speed ratio measured side by side.
+
+Fairness: the prefix cache is reset before every phase (otherwise the phase that runs
+second finds every document prefix cached and does almost no prefill), the phase order
+alternates between repeats, and the ratios reported are medians over the repeats. Phases:
+  sequential  one `generate([r])` per request;
+  batched     one `generate(all)`: every request queued at once, streamed back as each ends;
+  chat        one `LLM.chat(all)` (the pre-streaming path: nothing back until all are done),
+              to show what streaming each finished request costs.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -57,12 +65,11 @@ def main() -> None:
     sys.path[:0] = [REPO, os.path.join(REPO, "tests")]
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, default=24, help="requests")
+    p.add_argument("--repeats", type=int, default=3, help="rounds, phase order alternating")
     p.add_argument("--model", help="HF model dir (default: build the tiny test Llama)")
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--max-model-len", type=int, default=2048)
     args = p.parse_args()
-    from tqdm import tqdm
-
     from datagen.backends.vllm_backend import VLLMGenerator
     model = args.model
     if model is None:
@@ -72,23 +79,38 @@ def main() -> None:
     gen = VLLMGenerator(model, max_model_len=args.max_model_len, enforce_eager=True,
                         progress=False, **kw)
     reqs = _requests(args.n, args.max_tokens)
-    gen.generate(reqs[:4])  # warm-up: compile paths, grammar cache, the 4 document prefixes
-    t0 = time.perf_counter()
-    seq = [gen.generate([r])[0] for r in tqdm(reqs, desc="one at a time", unit="req")]
-    t_seq = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    bat = gen.generate(reqs)
-    t_bat = time.perf_counter() - t0
-    ok = lambda outs: sum(c.finish_reason == "stop" for c in outs)  # noqa: E731
-    same = sum(a.text == b.text for a, b in zip(seq, bat))
+    gen.generate(reqs[:4])  # warm-up: compile paths, grammar cache
+
+    def chat():
+        msgs = [[{"role": r, "content": c} for r, c in q.messages] for q in reqs]
+        outs = gen.llm.chat(msgs, [gen._sampling_params(q) for q in reqs], use_tqdm=False)
+        return [o.outputs[0].text for o in outs]
+
+    phases = {"sequential": lambda: [gen.generate([r])[0].text for r in reqs],
+              "batched": lambda: [c.text for c in gen.generate(reqs)],
+              "chat": chat}
+    times: dict[str, list[float]] = {k: [] for k in phases}
+    texts: dict[str, list[str]] = {}
+    for rep in range(args.repeats):
+        order = list(phases) if rep % 2 == 0 else list(reversed(phases))
+        for name in order:
+            gen.llm.reset_prefix_cache()  # every phase starts with a cold prefix cache
+            t0 = time.perf_counter()
+            texts[name] = phases[name]()
+            times[name].append(time.perf_counter() - t0)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    ratios = [s / b for s, b in zip(times["sequential"], times["batched"])]
     print(json.dumps({
         "requests": args.n, "max_tokens": args.max_tokens, "model": model,
-        "sequential_s": round(t_seq, 3), "batched_s": round(t_bat, 3),
-        "sequential_req_per_s": round(args.n / t_seq, 2),
-        "batched_req_per_s": round(args.n / t_bat, 2),
-        "speedup_batched_vs_sequential": round(t_seq / t_bat, 2),
-        "finished_stop": {"sequential": ok(seq), "batched": ok(bat)},
-        "identical_outputs": same}, indent=1))
+        "repeats": args.repeats, "seconds": {k: [round(x, 3) for x in v]
+                                             for k, v in times.items()},
+        "median_seconds": {k: round(v, 3) for k, v in med.items()},
+        "median_req_per_s": {k: round(args.n / v, 2) for k, v in med.items()},
+        "speedup_batched_vs_sequential_median": round(statistics.median(ratios), 2),
+        "speedup_batched_vs_sequential_each": [round(r, 2) for r in ratios],
+        "streamed_batched_vs_chat_seconds": round(med["batched"] / med["chat"], 3),
+        "identical_outputs": {k: sum(a == b for a, b in zip(texts["sequential"], v))
+                              for k, v in texts.items()}}, indent=1))
 
 
 if __name__ == "__main__":

@@ -150,14 +150,20 @@ class CachedGenerator:
             return
         sent = list(todo)
         self.misses += len(sent)
-        t0 = time.perf_counter()
+        answers = stream(self.backend, [requests[todo[k][0]] for k in sent])
         try:
-            for j, c in stream(self.backend, [requests[todo[k][0]] for k in sent]):
+            while True:
+                t0 = time.perf_counter()  # only the backend's time, not the consumer's
+                got = next(answers, None)
+                self.backend_seconds += time.perf_counter() - t0
+                if got is None:
+                    break
+                j, c = got
                 self._record(sent[j], c)
                 for i in todo[sent[j]]:
                     yield i, c
         finally:
-            self.backend_seconds += time.perf_counter() - t0
+            answers.close()
             os.fsync(self._f.fileno())
             self._synced = time.monotonic()
 

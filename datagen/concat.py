@@ -182,18 +182,17 @@ def fill(msgs: list[dict[str, str]], labels: list[list[Any]], state: dict[str, A
     while added["h"] + added["s"] < cap:
         total = added["h"] + added["s"] + 1
         want = "h" if p_h * total - added["h"] >= (1 - p_h) * total - added["s"] else "s"
-        order = [want] + [k for k in ("h", "s") if k != want and k in kinds]
-        got = None
-        for kind in order:
-            if kind in blocked or kind not in kinds:
+        got = kind = None
+        for k in [want] + [k for k in ("h", "s") if k != want]:
+            if k in blocked or k not in kinds:
                 continue
-            got = pick(kind)
+            got = pick(k)
             if got is not None:
+                kind = k
                 break
-            blocked.add(kind)  # nothing of this kind fits any more: the tail of the fill
-            if kind == want and not _exists(kind, banks, h_ptr, s_cands):
-                order = []  # exhausted, not just too long: keep the proportion, stop
-                break
+            blocked.add(k)  # nothing of this kind fits any more: the tail of the fill
+            if k == want and not _exists(k, banks, h_ptr, s_cands):
+                break  # run out, not just too long: stop rather than skew the proportion
         if got is None:
             break
         j, pos, e = got
@@ -219,7 +218,7 @@ def _exists(kind: str, banks: list[dict[str, Any]], h_ptr: list[int], s_cands: l
 def _doc_cost(bank: dict[str, Any], counter: Counter, cfg: Config) -> tuple[int, float]:
     """(estimated tokens the document adds with its own recipe turns, mean QA pair tokens),
     memoised on the bank: exact document and summary turns; QA pairs by characters."""
-    key = (cfg.global_summary, cfg.composition, cfg.n1, cfg.counts)
+    key = (cfg.global_summary, cfg.composition, cfg.n1, cfg.counts, cfg.rand_min, cfg.rand_max)
     if bank.get("_cost_key") == key:
         return bank["_cost"]
     doc = counter.message("user", doc_turn(bank))

@@ -184,11 +184,18 @@ def _pattern(template: str) -> re.Pattern[str]:
 TEMPLATES = {"summary": SUMMARY, "specific": SPECIFIC, "multi_hop": MULTI_HOP,
              "general": HIERARCHICAL_GENERAL, **{f"diverse/{k}": v for k, v in DIVERSE.items()}}
 _PATTERNS = {name: _pattern(t) for name, t in TEMPLATES.items()}
+# The literal text before a template's first field and after its last: a cheap test that
+# rules out most templates before a regex scans a whole chunk.
+_ENDS = {name: (re.split(r"\$\{\w+\}", t)[0], re.split(r"\$\{\w+\}", t)[-1])
+         for name, t in TEMPLATES.items()}
 
 
 def parse_prompt(prompt: str) -> tuple[str, dict[str, str]] | None:
     """Inverse of rendering: (template name, fields) for a prompt built here, else None."""
     for name, pat in _PATTERNS.items():
+        head, tail = _ENDS[name]
+        if not (prompt.startswith(head) and prompt.endswith(tail)):
+            continue
         m = pat.fullmatch(prompt)
         if m:
             return name, m.groupdict()

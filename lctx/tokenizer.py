@@ -194,7 +194,9 @@ class SentencePieceTokenizer(Tokenizer):
                 out[i] = self._encode_guarded(t)
             else:
                 plain.append(i)
-        if plain:
+        if len(plain) == 1:  # one text: SentencePiece's thread pool costs ~10x the encode
+            out[plain[0]] = self._sp.encode(texts[plain[0]])
+        elif plain:
             enc = self._sp.encode([texts[i] for i in plain], num_threads=os.cpu_count() or 1)
             for i, ids in zip(plain, enc):
                 out[i] = list(ids)
@@ -358,6 +360,7 @@ class ChatFormat:
         self._special_ids = {p: tokenizer.special_id(p) for p in specials}
         self._trims = self._probe_trims()
         self._skeletons: dict[tuple, tuple[list, list]] = {}
+        self._literals: dict[str, tuple[int, ...]] = {}
         self.fixed_count = self._skeleton(("user",), False)[2] - self._turn_overhead("user")
 
     # ---- template rendering ---------------------------------------------------------------
@@ -398,12 +401,18 @@ class ChatFormat:
         return self._skeletons[key]
 
     def _literal_ids(self, text: str) -> list[int]:
+        # Memoised: a conversation's literals are a few headers repeated once per message.
+        got = self._literals.get(text)
+        if got is not None:
+            return list(got)
         ids = []
         for k, piece in enumerate(self._split.split(text)):
             if k % 2:
                 ids.append(self._special_ids[piece])
             elif piece:
                 ids.extend(self.tok.encode(piece))
+        if len(self._literals) < 4096:
+            self._literals[text] = tuple(ids)
         return ids
 
     def _contents(self, messages: Sequence[dict]) -> list[str]:

@@ -57,6 +57,17 @@ def _venv_main(out_path: str) -> None:
     # seeds make sampling independent of the batch composition).
     report["alone"] = {str(i): gen.generate([mixed[i]])[0].__dict__ for i in (0, 3, 7)}
     report["reseeded"] = gen.generate([Request(**{**qa[0].__dict__, "seed": 999})])[0].__dict__
+    # Streaming: finished requests come back first (a 2-token answer before 200-token ones),
+    # each index once; a consumer that stops early leaves nothing running on the engine.
+    # (The prompt of `short`, which runs past 3 tokens greedily.)
+    long = [Request(messages=(("user", "Say many words."),), max_tokens=200 + k,
+                    temperature=0.0) for k in range(3)]
+    quick = Request(messages=(("user", "Say many words."),), max_tokens=2, temperature=0.0)
+    report["stream_order"] = [i for i, _ in gen.generate_stream(long + [quick])]
+    it = gen.generate_stream(long)
+    next(it)
+    it.close()
+    report["unfinished_after_close"] = gen.llm.llm_engine.has_unfinished_requests()
     report["pipeline"] = _run_pipeline(gen, tmp, model_dir)
     with open(out_path + ".tmp", "w") as f:
         json.dump(report, f)
@@ -131,6 +142,11 @@ if __name__ != "__main__":
         for i, alone in report["alone"].items():
             assert alone == report["mixed"][int(i)], i
         assert report["reseeded"]["text"] != report["mixed"][0]["text"]
+
+    def test_stream_yields_each_request_when_it_finishes(report):
+        assert sorted(report["stream_order"]) == [0, 1, 2, 3]
+        assert report["stream_order"].index(3) < 3  # the 2-token request, queued last
+        assert report["unfinished_after_close"] is False
 
     def test_describe_records_engine_settings(report):
         d = report["describe"]

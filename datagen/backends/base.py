@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import weakref
 from typing import Any, Iterator, Protocol, Sequence
 
 
@@ -27,10 +28,12 @@ class Request:
     def cache_key(self, model: str) -> str:
         """Content hash of (prompt, model, sampling params): the on-disk cache key.
 
-        Memoised on the instance (outside the dataclass fields, so equality, hashing and
-        `asdict` are unchanged): a prompt of a whole chunk is hashed once per request.
+        Memoised per request (weakly, outside the instance): a prompt holding a whole chunk
+        is serialised and hashed once, however often its key is asked for.
         """
-        memo = self.__dict__.setdefault("_keys", {})
+        memo = _KEYS.get(self)
+        if memo is None:
+            memo = _KEYS[self] = {}
         key = memo.get(model)
         if key is None:
             # The field dict is written out (dataclasses.asdict deep-copies the messages):
@@ -42,6 +45,9 @@ class Request:
                                  sort_keys=True)
             key = memo[model] = hashlib.sha256(payload.encode()).hexdigest()
         return key
+
+
+_KEYS: "weakref.WeakKeyDictionary[Request, dict[str, str]]" = weakref.WeakKeyDictionary()
 
 
 @dataclasses.dataclass(frozen=True)

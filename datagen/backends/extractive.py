@@ -11,6 +11,7 @@ Output is the JSON the prompts ask for. Same request, same output (the seed pick
 from __future__ import annotations
 
 import collections
+import functools
 import hashlib
 import json
 import random
@@ -62,13 +63,20 @@ def summarize(text: str, word_limit: int) -> str:
     return " ".join(sents[i] for i in sorted(chosen))
 
 
-def _qa(context: str, kind: str, rng: random.Random) -> dict[str, str]:
+@functools.lru_cache(maxsize=64)
+def _context(context: str) -> tuple[list[str], list[str]]:
+    """(usable sentences, proper names) of a chunk: dozens of questions ask about the same
+    chunk, so it is split and scanned once."""
     sents = [s for s in sentences(context) if len(s.split()) >= 8] or sentences(context)
+    return sents, proper_names(sents)
+
+
+def _qa(context: str, kind: str, rng: random.Random) -> dict[str, str]:
+    sents, names = _context(context)
     if not sents:
         return {"question": "What does the context say?", "answer": context.strip()[:200]}
     s = rng.choice(sents)
     words = s.split()
-    names = proper_names(sents)
     in_s = sorted(set(_CAP.findall(s)) & set(names))
     if kind == "specific" and len(names) >= 4 and in_s:
         right = rng.choice(in_s)
