@@ -32,7 +32,7 @@ if [ "$flavour" = cpu ]; then
 fi
 # The JAX-free lctx/datagen modules the venv runs (records, corpora, tokenizer, pipeline).
 "$V/bin/pip" install -q array-record sentencepiece tokenizers tqdm pyarrow rich \
-  "wonderwords==2.2.0" "jinja2>=3.1.6"
+  "wonderwords==2.2.0" "jinja2>=3.1.6" httpx tenacity
 "$V/bin/pip" install -q -e . --no-deps
 echo "$flavour" > "$V/.lctx-vllm-flavour"
 "$V/bin/python" -c "import vllm; print('[setup] vllm', vllm.__version__)"
