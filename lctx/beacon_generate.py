@@ -68,10 +68,9 @@ def memory_to_cache(model, mem, extra: int) -> model_lib.KVCache:
                              jnp.asarray(m_cap, jnp.int32))
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "ratio", "capacity", "max_new",
-                                             "eos_id"))
-def _generate(graphdef, state, tokens_1T, n_full, tail_len, expert, *, ratio, capacity,
-              max_new, eos_id):
+@functools.partial(jax.jit, static_argnames=("graphdef", "ratio", "capacity", "max_new"))
+def _generate(graphdef, state, tokens_1T, n_full, tail_len, expert, ends_E, bar_V, *, ratio,
+              capacity, max_new):
     model = nnx.merge(graphdef, state)
     w = model.bcfg.window
     mem, last_1D = prefill(model, tokens_1T, n_full, ratio=ratio, expert=expert,
@@ -84,7 +83,8 @@ def _generate(graphdef, state, tokens_1T, n_full, tail_len, expert, *, ratio, ca
     tail_last = jax.lax.dynamic_index_in_dim(hidden_1WD, jnp.maximum(tail_len - 1, 0), 1,
                                              keepdims=False)
     h_1D = jnp.where(tail_len > 0, tail_last, last_1D)
-    tok_1 = gen_lib.sample_logits(model.base.logits(h_1D[:, None])[:, 0], None)
+    first_1V = jnp.where(bar_V, -jnp.inf, model.base.logits(h_1D[:, None])[:, 0])
+    tok_1 = gen_lib.sample_logits(first_1V, None)
     out_1M = jnp.full((1, max_new), -1, jnp.int32)
     start = mem.length + tail_len
 
@@ -95,7 +95,7 @@ def _generate(graphdef, state, tokens_1T, n_full, tail_len, expert, *, ratio, ca
     def body(st):
         i, cache, tok_1, out, _ = st
         out = jax.lax.dynamic_update_slice_in_dim(out, tok_1[:, None], i, axis=1)
-        done = jnp.asarray(False) if eos_id is None else tok_1[0] == eos_id
+        done = jnp.any(tok_1[0] == ends_E)
         pos_11 = (start + i)[None, None]
         hidden_11D, cache = model.base(tok_1[:, None], pos_11, jnp.ones_like(pos_11),
                                        cache=cache)
@@ -116,16 +116,17 @@ def plan(length: int, cfg: rules.BeaconConfig, ratio: int | None = None):
     return r, n_full, length - n_full * cfg.window, cfg.memory_capacity(r, n_full)
 
 
-def generate(model, prompt: list[int], *, max_new_tokens: int, eos_id: int | None = None,
-             ratio: int | None = None) -> tuple[list[int], dict]:
+def generate(model, prompt: list[int], *, max_new_tokens: int, eos_ids=(),
+             ratio: int | None = None, bar_first=()) -> tuple[list[int], dict]:
     """Greedy continuation of one prompt through the beacon model.
 
     Args:
       model: a `lctx.beacon_model.BeaconModel`.
       prompt: token ids.
       max_new_tokens: decode budget.
-      eos_id: stop after this id (it is included in the output).
+      eos_ids: stop after any of these ids (it is included in the output).
       ratio: force a ratio (must be served); default `adapt-N` by the prompt's length.
+      bar_first: ids the first generated token may not be (HF's min_new_tokens=1).
 
     Returns:
       (generated ids, info {ratio, windows, memory, tail}).
@@ -141,10 +142,14 @@ def generate(model, prompt: list[int], *, max_new_tokens: int, eos_id: int | Non
     buf[0, :len(prompt)] = prompt
     graphdef, state = nnx.split(model)
     expert = cfg.expert(r) if r else 0
+    ends = np.asarray(sorted(set(int(i) for i in eos_ids)) or [-1], np.int32)
+    bar = np.zeros(model.base.cfg.vocab_size, bool)
+    bar[list(int(i) for i in bar_first)] = True
     out, mem_len = _generate(graphdef, state, jnp.asarray(buf), jnp.int32(n_full),
-                             jnp.int32(tail), jnp.int32(expert), ratio=r, capacity=m_cap,
-                             max_new=int(max_new_tokens), eos_id=eos_id)
+                             jnp.int32(tail), jnp.int32(expert), jnp.asarray(ends),
+                             jnp.asarray(bar), ratio=r, capacity=m_cap,
+                             max_new=int(max_new_tokens))
     ids = [int(t) for t in np.asarray(out)[0] if t >= 0]
-    if eos_id is not None and eos_id in ids:
-        ids = ids[:ids.index(eos_id) + 1]
+    end = next((k for k, t in enumerate(ids) if t in set(ends.tolist())), None)
+    ids = ids if end is None else ids[:end + 1]
     return ids, {"ratio": r, "windows": n_full, "memory": int(mem_len), "tail": tail}

@@ -15,6 +15,7 @@ RUNNERS = {  # name -> "module:Class"
     "vllm": "evals.runners.vllm_runner:VLLMRunner",
     "openai": "evals.runners.openai_runner:OpenAIRunner",
     "lctx": "evals.runners.lctx_runner:LctxRunner",
+    "beacon": "evals.runners.beacon_runner:BeaconRunner",  # lctx base + beacon adapters
 }
 # Runners whose constructor needs the tokenizer path given separately from the model.
 TAKES_TOKENIZER = {"vllm", "openai"}
