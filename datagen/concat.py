@@ -55,6 +55,17 @@ def doc_turn(bank: dict[str, Any]) -> str:
     return turn
 
 
+def _diverse_order(bank: dict[str, Any], seed: int) -> list[int]:
+    """A document's diverse QAs in the order a conversation draws them (its own seeded
+    shuffle, memoised on the bank: the length search assembles the same document often)."""
+    memo = bank.get("_s_order")
+    if memo is None or memo[0] != seed:
+        order = list(range(len(bank["diverse"])))
+        random.Random(f"{seed}/{bank['doc_id']}").shuffle(order)
+        memo = bank["_s_order"] = (seed, order)
+    return list(memo[1])
+
+
 def _count(cfg: Config, fixed: int, rng: random.Random) -> int:
     return fixed if cfg.counts == "fixed" else rng.randint(cfg.rand_min, cfg.rand_max)
 
@@ -73,11 +84,7 @@ def assemble(banks: list[dict[str, Any]], cfg: Config, seed: int
         banks = [dict(b, hierarchical=rng.sample(b["hierarchical"], len(b["hierarchical"])))
                  for b in banks]
     h_ptr = [0] * len(banks)
-    unused_s = []
-    for b in banks:
-        order = list(range(len(b["diverse"])))
-        rng.shuffle(order)
-        unused_s.append(order)
+    unused_s = [_diverse_order(b, seed) for b in banks]
     msgs: list[dict[str, str]] = []
     labels: list[list[Any]] = []
     pending_prefix = [""]

@@ -96,6 +96,8 @@ class Caller:
             reqs = [jobs[i].request(attempt, self.cfg) for i in pending]
             retry = []
             for pos, c in self._stream(reqs, [i not in fresh for i in pending]):
+                if self.on_calls:
+                    self.on_calls(1)  # progress moves with every finished call
                 i = pending[pos]
                 job = jobs[i]
                 try:
@@ -114,8 +116,6 @@ class Caller:
                                f"unparseable ({type(e).__name__})")
                     retry.append(i)
             self.stats["calls"] += len(pending)
-            if self.on_calls:
-                self.on_calls(len(pending))
             pending = sorted(retry)
         for i in pending:
             self.stats[f"failed/{jobs[i].kind.split('/')[0]}"] += 1

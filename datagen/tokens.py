@@ -57,8 +57,10 @@ class Counter:
         return self.bos + sum(self.message(m["role"], m["content"]) for m in messages)
 
     def exact(self, messages: Sequence[dict[str, str]]) -> int:
-        """Length of the whole rendered conversation (what training sees)."""
-        return len(self.fmt.render(list(messages))[0])
+        """Length of the whole rendered conversation (what training sees): the chat
+        format's count of the whole conversation, laid out as one (ChatFormat.count equals
+        len(render(...)); it skips render's full-text template check, a third of its time)."""
+        return self.fmt.count(list(messages))
 
     def verify(self, messages: Sequence[dict[str, str]]) -> int:
         """Renders the whole conversation; raises if it differs from the per-message sum."""
