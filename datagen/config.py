@@ -198,10 +198,10 @@ def per_length(spec: str, target: int, name: str) -> int | None:
 # first document, so n1 = 6, n2 = n3 = 4 and the one earlier document is always revisited
 # (our reading of Section 4.4); "randomized" draws each count from 2-10. Table 7 recipes
 # share the paper's QA banks (same calls, same cache), only the concatenation differs.
-# Appendix E (one document at 100K): hierarchical only (ordered, shuffled, or with 20%
-# multi-hop) or diverse only.
+# Appendix E (one document at 100K): every hierarchical QA of the document's Algorithm 1
+# walk (ordered, shuffled, or with 20% multi-hop), or every diverse QA.
 _T7 = dict(docs_per_sample="2", n1=6, n2=4, n3=4, revisit_p=1.0)
-_E = dict(docs_per_sample="1")
+_E = dict(docs_per_sample="1", n1=presets.PAPER_HIERARCHICAL_PER_BOOK)
 RECIPES: dict[str, dict[str, Any]] = {
     "paper": dict(docs_per_sample="paper", samples="paper"),
     "hs-hs-hs-fixed": dict(_T7, composition="hs-hs-hs"),
@@ -215,5 +215,6 @@ RECIPES: dict[str, dict[str, Any]] = {
     "4-hierarchies-random": dict(_E, composition="h-h", multihop_prob=0.0,
                                  shuffle_hierarchical=True),
     "4-hierarchies-multihop": dict(_E, composition="h-h", multihop_prob=0.2),
-    "diverse": dict(_E, composition="s-s", multihop_prob=0.0),
+    "diverse": dict(_E, composition="s-s", multihop_prob=0.0,
+                    n1=presets.PAPER_DIVERSE_PER_BOOK),
 }

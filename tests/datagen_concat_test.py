@@ -151,8 +151,9 @@ def test_recipes(recipe):
         assert kinds["summary"] == (0 if recipe.endswith("no-sum") else 2)
     if recipe == "4-hierarchies-random":
         hs = [int(m["content"].split(" h")[1]) for m in msgs[2::2]]
-        assert len(hs) == len(set(hs)) == 5 and hs != list(range(5))  # walk order dropped
+        # The whole walk (25 QAs), its order dropped.
+        assert len(hs) == len(set(hs)) == 25 and hs != list(range(25))
     if recipe == "diverse":
-        assert set(kinds) == {"summary", "s"}
+        assert set(kinds) == {"summary", "s"} and kinds["s"] == 50
     with pytest.raises(ValueError, match="unknown"):
         Config.from_recipe("nope")
