@@ -167,3 +167,15 @@ def test_a_call_that_failed_for_good_is_tried_again(tmp_path):
     again = qa.Caller(gen, cfg).run(jobs)
     assert again[0] == first[0] and again[2] == first[2] and again[1] == "answer to down"
     assert up.calls == 1  # only the failed job, from its first attempt
+
+
+def test_datagen_bench_smoke():
+    """bench/datagen_bench.py as documented, at smoke size."""
+    r = subprocess.run([sys.executable, "bench/datagen_bench.py", "--docs=3", "--samples=2",
+                        "--length=4096", "--small-tokens=512", "--kills=1", "--kill-docs=1"],
+                       cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT}, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "75 QAs" in r.stdout and "overhead" in r.stdout
+    assert "stream finished calls lost per kill: mean 0.0" in r.stdout, r.stdout
+    assert r.stdout.count("byte-identical to an uninterrupted run: True") == 2, r.stdout

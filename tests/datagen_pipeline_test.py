@@ -30,7 +30,7 @@ tok, out, log = sys.argv[1:4]
 class Logged(ExtractiveGenerator):
     """Records every request that reaches the backend (fsynced) so the test can count them."""
     def generate(self, reqs):
-        time.sleep(0.1)  # spread the run out so kills land at many different points
+        time.sleep(0.04)  # spread the run out so kills land at many different points
         outs = super().generate(reqs)
         with open(log, "a") as f:
             f.write("".join(r.cache_key(self.model) + "\n" for r in reqs))
@@ -61,7 +61,7 @@ def _run(tok, out, log, kill_after=None):
     start = len(_lines(log))
     while p.poll() is None and len(_lines(log)) < start + kill_after:
         time.sleep(0.01)
-    time.sleep(random.uniform(0, 0.1))  # land anywhere: inside a batch, between writes
+    time.sleep(random.uniform(0, 0.04))  # land anywhere: inside a batch, between writes
     finished = p.poll() is not None
     if not finished:
         os.kill(p.pid, signal.SIGKILL)
