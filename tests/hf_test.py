@@ -331,3 +331,52 @@ def test_export_bench_smoke():
     ratio = float(re.search(r"bfloat16 / float32 size: ([0-9.]+)", out).group(1))
     assert 0.5 <= ratio < 0.55  # the tensors halve; headers and json files do not
     assert "ANALYTIC" in out and "(measured)" in out
+
+
+VLLM_CHAT = '''
+import json, sys
+import vllm
+export, want_path, out_path = sys.argv[1:]
+want = json.load(open(want_path))
+llm = vllm.LLM(model=export, enforce_eager=True, max_model_len=1024,
+               gpu_memory_utilization=0.05, seed=0)
+outs = llm.chat(want["messages"], vllm.SamplingParams(max_tokens=4, temperature=0.0),
+                use_tqdm=False)
+cfg = llm.llm_engine.model_config.hf_config
+json.dump({"prompt_ids": list(outs[0].prompt_token_ids),
+           "dtype": str(llm.llm_engine.model_config.dtype),
+           "rope": dict(getattr(cfg, "rope_parameters", None) or cfg.rope_scaling)},
+          open(out_path, "w"))
+'''
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_vllm_chat_serves_the_export_with_the_training_prompt(tmp_path, kjv_text):
+    """vLLM's `llm.chat` on an lctx export (bf16, llama3 RoPE, Llama-3.1's template) builds
+    exactly the prompt ids training's ChatFormat renders, system block included."""
+    from tokenizer_test import llama31_template
+    from vllm_helpers import build_tiny_llama, run_in_vllm_venv
+
+    from lctx.tokenizer import ChatFormat, load_tokenizer
+    src = build_tiny_llama(str(tmp_path / "src"), kjv_text[:300_000], num_layers=1,
+                           unigram_bias=False, rope_parameters=dict(
+                               LLAMA3_ROPE, original_max_position_embeddings=256))
+    with open(os.path.join(src, "tokenizer_config.json")) as f:
+        conf = json.load(f)
+    with open(os.path.join(src, "tokenizer_config.json"), "w") as f:
+        json.dump(dict(conf, chat_template=llama31_template()), f)
+    cfg, model = hf.load_hf(src)
+    out = hf.export_hf(model, cfg, str(tmp_path / "export"), tokenizer=src)
+    msgs = [{"role": "system", "content": "Answer from the text."},
+            {"role": "user", "content": "Who begat Enos?"}]
+    want = ChatFormat(load_tokenizer(src)).render_prompt(msgs)
+    with open(tmp_path / "want.json", "w") as f:
+        json.dump({"messages": msgs}, f)
+    (tmp_path / "chat.py").write_text(VLLM_CHAT)
+    run_in_vllm_venv(str(tmp_path / "chat.py"), [out, str(tmp_path / "want.json"),
+                                                 str(tmp_path / "got.json")])
+    with open(tmp_path / "got.json") as f:
+        got = json.load(f)
+    assert got["prompt_ids"] == want
+    assert got["dtype"] == "torch.bfloat16" and got["rope"]["rope_type"] == "llama3"
