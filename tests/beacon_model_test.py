@@ -181,3 +181,17 @@ def test_adapter_param_counts_match_banks():
         kind = "clone" if adapter == "clone" else "lora"
         emb = (n if adapter == "experts" else 1) * CFG.d_model
         assert m.n_adapter_params() == lora.count(CFG, kind, n, 4) + emb
+
+
+def test_prefill_memory_does_not_grow_with_windows(model):
+    # Static memory capacity: the compiled prefill needs the same temporary memory for 4 and
+    # 16 windows (the input buffer aside), so per-step memory is flat in the input length.
+    graphdef, state = nnx.split(model)
+
+    def temp(n):
+        toks = jnp.zeros((1, n * W), jnp.int32)
+        f = jax.jit(lambda s, x, k: bgen.prefill(nnx.merge(graphdef, s), x, k, ratio=4,
+                                                 expert=1, capacity=40)[0])
+        return f.lower(state, toks, jnp.int32(n)).compile().memory_analysis().temp_size_in_bytes
+
+    assert temp(4) == temp(16) > 0
