@@ -36,6 +36,7 @@ from datagen.tokens import Counter
 SEP = "\n\n"
 WINDOW = 128     # characters each side of a boundary checked for tokens crossing it
 MARGIN = 6       # atoms around a change whose boundaries are re-checked
+BATCH = 256      # texts per tokenizer call
 
 
 class Lengths:
@@ -69,9 +70,14 @@ class Lengths:
         return self.counter.message("user", "")  # header + <|eot_id|>
 
     def count(self, texts: Sequence[str]) -> list[int]:
-        """Token counts of texts on their own (short ones, headers, are remembered)."""
-        got = dict(zip(todo := [t for t in dict.fromkeys(texts) if t not in self._small],
-                       map(len, self.tok.encode_batch(todo)) if todo else []))
+        """Token counts of texts on their own (short ones, headers, are remembered). Encoded
+        BATCH texts at a time and reduced to counts at once: ids of a whole 10M-token
+        sample never exist together."""
+        todo = [t for t in dict.fromkeys(texts) if t not in self._small]
+        got = {}
+        for b in range(0, len(todo), BATCH):
+            part = todo[b:b + BATCH]
+            got.update(zip(part, map(len, self.tok.encode_batch(part))))
         for t, n in got.items():
             if len(t) <= 64:
                 self._small[t] = n
@@ -79,12 +85,14 @@ class Lengths:
 
     def separable(self, pairs: Sequence[tuple[str, str]]) -> list[bool]:
         """Whether tokenizing L+R equals tokenizing L and R apart, for each (L, R)."""
-        if not pairs:
-            return []
-        texts = [l + r for l, r in pairs] + [l for l, _ in pairs] + [r for _, r in pairs]
-        ids = self.tok.encode_batch(texts)
-        n = len(pairs)
-        return [ids[i] == ids[n + i] + ids[2 * n + i] for i in range(n)]
+        out = []
+        for b in range(0, len(pairs), BATCH):
+            part = pairs[b:b + BATCH]
+            ids = self.tok.encode_batch([l + r for l, r in part] + [l for l, _ in part]
+                                        + [r for _, r in part])
+            n = len(part)
+            out += [ids[i] == ids[n + i] + ids[2 * n + i] for i in range(n)]
+        return out
 
     def sample_tokens(self, content_tokens: int, answer: str) -> int:
         """The rendered sample: what every conversation has (BOS, a template's default
@@ -102,6 +110,10 @@ class Atoms:
         self.counts: list[int] = []
         self.ok: list[bool] = []    # ok[b]: no token crosses the boundary after atom b
         self._memo: dict[str, int] = {}
+
+    def remember(self, atom: str, tokens: int) -> None:
+        """The count of an atom already tokenized elsewhere (a distractor when drawn)."""
+        self._memo[atom] = tokens
 
     def _window(self, atoms: list[str], b: int) -> tuple[str, str]:
         left, i = "", b
@@ -176,8 +188,9 @@ def _header(block: Block | None, k: int) -> str:
 class _Draw:
     """Distractor passages in a seeded random order over the corpus, texts counted once."""
 
-    def __init__(self, corpus, exclude: set[int], seed: int, lengths: Lengths):
-        self.corpus, self.exclude, self.L = corpus, exclude, lengths
+    def __init__(self, corpus, exclude: set[int], seed: int, lengths: Lengths,
+                 atoms: Atoms):
+        self.corpus, self.exclude, self.L, self.counted = corpus, exclude, lengths, atoms
         self.order = np.random.default_rng(seed).permutation(len(corpus))
         self.at = 0
         self.tokens: dict[int, int] = {}   # tokens of the passage's atom
@@ -197,6 +210,7 @@ class _Draw:
             self.texts[i], self.atoms[i] = p["text"], p["text"] + tail
         for i, n_tok in zip(out, self.L.count([self.atoms[i] for i in out])):
             self.tokens[i] = n_tok
+            self.counted.remember(self.atoms[i], n_tok)
         return out
 
 
@@ -236,20 +250,21 @@ def assemble(content: Content, target: int, corpus, lengths: Lengths, seed: int,
         content = content.smaller()
     if base > target:
         return NoFit("content", base)
-    draw = _Draw(corpus, content.exclude, seed, lengths)
+    draw = _Draw(corpus, content.exclude, seed, lengths, atoms)
     head = lengths.count([SEP + "Passage 1000:\n"])[0]  # an estimate: the loop corrects
-    chosen, est = [], base
+    chosen, est, want = [], base, 32
     while True:  # distractors while they fit (by their counted texts), plus the filler
-        batch = draw.next(32)
+        batch = draw.next(want)
         if not batch:
             break
         for i in batch:
-            if est + draw.tokens[i] + head > target:
-                chosen.append(i)
-                break
             chosen.append(i)
+            if est + draw.tokens[i] + head > target:
+                break
             est += draw.tokens[i] + head
-        else:
+        else:  # draw about as many as the rest of the target needs, at most 2048 a time
+            per = max(1.0, (est - base) / len(chosen))
+            want = int(min(2048, max(32, (target - est) / per + 1)))
             continue
         break
     if not chosen:
