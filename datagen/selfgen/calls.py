@@ -128,9 +128,17 @@ class Runner:
 # ---- parsers ---------------------------------------------------------------------------
 
 def prose(max_words: int, min_words: int = 1) -> Parse:
-    """Plain text (whitespace collapsed), cut to complete sentences within `max_words`."""
+    """Plain text (whitespace collapsed), cut to complete sentences within `max_words`
+    (datagen.jsonfix's summary rule). Text with no sentence end at all (a weak generator's)
+    is kept as its first `max_words` words rather than retried forever."""
     def parse(text: str, reason: str) -> str:
-        s, _ = jsonfix.parse_summary(text, reason, max_words)
+        try:
+            s, _ = jsonfix.parse_summary(text, reason, max_words)
+        except BadOutput as e:
+            words = (text or "").split()
+            if "no complete sentence" not in str(e) or not words:
+                raise
+            s = " ".join(words[:max_words])
         s = s.strip().strip('"').strip()
         if len(s.split()) < min_words:
             raise BadOutput(f"only {len(s.split())} words (need >= {min_words})")
@@ -139,8 +147,12 @@ def prose(max_words: int, min_words: int = 1) -> Parse:
 
 
 def qa(text: str, reason: str) -> dict[str, str]:
-    """{"question", "answer"} (datagen.jsonfix's parser and safe repairs)."""
-    return jsonfix.parse_qa(text, reason)[0]
+    """{"question", "answer"}: strict JSON (control characters allowed inside strings, as
+    structured decoding may emit them), else datagen.jsonfix's parser and safe repairs."""
+    try:
+        return json_fields(("question", "answer"))(text, reason)
+    except BadOutput:
+        return jsonfix.parse_qa(text, reason)[0]
 
 
 _FENCE = re.compile(r"```(?:json|JSON)?\s*(.*?)```", re.DOTALL)
@@ -156,7 +168,7 @@ def json_fields(fields: Sequence[str] = (), array: str = "", items: int = 0) -> 
             cands.append(s[s.index("{"):s.rindex("}") + 1])
         for cand in cands:
             try:
-                obj = json.loads(cand)
+                obj = json.loads(cand, strict=False)  # raw control chars inside strings
             except json.JSONDecodeError:
                 continue
             if not isinstance(obj, dict):

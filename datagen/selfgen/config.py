@@ -54,6 +54,8 @@ class SelfGenConfig:
     max_tokens_passage: int = 768
     max_tokens_qa: int = 512
     max_tokens_code: int = 384
+    json_max_chars: int = 400           # cap of each string in structured (JSON) replies:
+    #                                     schema-constrained decoding then always closes
     max_attempts: int = 3               # one call + 2 retries with derived seeds
     batch_samples: int = 64             # samples whose generator calls go out together
     batch_nouns: int = 512              # passages generated per generate() call

@@ -150,20 +150,29 @@ def render(template: str, **fields: object) -> str:
     return string.Template(template).substitute({k: str(v) for k, v in fields.items()})
 
 
-def _schema(fields: dict[str, int], array: str = "", items: int = 0) -> str:
+def _schema(fields: dict[str, int], array: str = "", items: int = 0, item_chars: int = 0
+            ) -> str:
     """A JSON Schema of required strings with length caps (chars). The caps make structured
     decoding close every string, so even a weak generator's output parses."""
     props = {k: {"type": "string", "minLength": 1, "maxLength": n} for k, n in fields.items()}
     if array:
         props[array] = {"type": "array", "minItems": items, "maxItems": items,
-                        "items": {"type": "string", "minLength": 1, "maxLength": 300}}
+                        "items": {"type": "string", "minLength": 1, "maxLength": item_chars}}
     return json.dumps({"type": "object", "additionalProperties": False,
                        "required": sorted(props), "properties": props}, sort_keys=True)
 
 
-QA_SCHEMA = _schema({"question": 400, "answer": 600})
-LOGIC_SCHEMA = _schema({"a": 300, "b": 300, "c": 300, "fact_1": 600, "fact_2": 600})
-ASK5_SCHEMA = _schema({}, array="questions", items=5)
+def qa_schema(chars: int) -> str:
+    """{"question", "answer"}, each at most `chars` characters."""
+    return _schema({"question": chars, "answer": chars})
+
+
+def logic_schema(chars: int) -> str:
+    return _schema({k: chars for k in ("a", "b", "c", "fact_1", "fact_2")})
+
+
+def ask5_schema(chars: int) -> str:
+    return _schema({}, array="questions", items=5, item_chars=chars)
 
 TEMPLATES = {
     "passage": PASSAGE, "single_qa": SINGLE_QA, "summary": SUMMARY, "rewrite": REWRITE,

@@ -75,7 +75,7 @@ def single_qa(corpus, rng: random.Random, seed: int, cfg: SelfGenConfig):
     out = (yield [calls.Call("single_qa", prompts.render(prompts.SINGLE_QA, noun=noun,
                                                          passage=p["text"]),
                              stable_seed(seed, "qa"), cfg.max_tokens_qa, calls.qa,
-                             prompts.QA_SCHEMA)])[0]
+                             prompts.qa_schema(cfg.json_max_chars))])[0]
     if not out.ok:
         return _fail("QA generation", out)
     q, a = out.value["question"], out.value["answer"]
@@ -157,7 +157,7 @@ def multi_qa(corpus, rng: random.Random, seed: int, cfg: SelfGenConfig):
     qa = (yield [calls.Call("multi_qa", prompts.render(prompts.MULTI_QA, noun=noun,
                                                        passage_a=p["text"], passage_b=s2),
                             stable_seed(seed, "qa"), cfg.max_tokens_qa, calls.qa,
-                            prompts.QA_SCHEMA)])[0]
+                            prompts.qa_schema(cfg.json_max_chars))])[0]
     if not qa.ok:
         return _fail("two-passage QA", qa)
     q, a = qa.value["question"], qa.value["answer"]
@@ -174,13 +174,13 @@ def logic(corpus, rng: random.Random, seed: int, cfg: SelfGenConfig):
                                                              noun=wordnet.display(noun)),
                                stable_seed(seed, "facts"), cfg.max_tokens_qa,
                                calls.json_fields(("a", "b", "c", "fact_1", "fact_2")),
-                               prompts.LOGIC_SCHEMA)])[0]
+                               prompts.logic_schema(cfg.json_max_chars))])[0]
     if not facts.ok:
         return _fail("facts", facts)
     f = facts.value
     qa = (yield [calls.Call("logic_qa", prompts.render(prompts.LOGIC_QA, **{
         k: f[k] for k in ("fact_1", "fact_2", "a", "c")}), stable_seed(seed, "qa"),
-        cfg.max_tokens_qa, calls.qa, prompts.QA_SCHEMA)])[0]
+        cfg.max_tokens_qa, calls.qa, prompts.qa_schema(cfg.json_max_chars))])[0]
     if not qa.ok:
         return _fail("logic QA", qa)
     q, a = qa.value["question"], qa.value["answer"]
@@ -231,7 +231,7 @@ def code_task(corpus, rng: random.Random, seed: int, cfg: SelfGenConfig):
             asked = (yield [calls.Call("code_ask5", prompts.render(
                 prompts.CODE_ASK5_GEN, snippet=snip, func=f), stable_seed(seed, "ask5"),
                 cfg.max_tokens_qa, calls.json_fields(array="questions", items=5),
-                prompts.ASK5_SCHEMA)])[0]
+                prompts.ask5_schema(cfg.json_max_chars))])[0]
             if asked.ok:
                 qs = asked.value["questions"]
                 j = rng.randrange(len(qs))
