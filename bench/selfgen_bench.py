@@ -136,7 +136,7 @@ def main() -> None:
             llama3_style_tokenizer(kjv_text()[:2_000_000], os.path.dirname(tok))
     # Offline passages average ~110 words, 120-150 tokens with these tokenizers: nouns
     # enough for the largest sample, + 30%.
-    nouns = min(119_034, max(2000, int(max(sizes) / 120 * 1.3)))
+    nouns = min(119_034, max(500, int(max(sizes) / 120 * 1.3)))
     cfg = config.SelfGenConfig(num_nouns=nouns, batch_nouns=2048)
     corpus = os.path.join(work, f"nouns{nouns}")  # one corpus per noun count
     t0 = time.perf_counter()
