@@ -14,6 +14,7 @@ of 8 H100. Expected time: ~6-8 h each. Expected result: InfiniteBench averages o
 (hs-hs-hs-fixed best at 59.45; baseline Llama-3.1-8B-Instruct 51.31).
 """
 from configs import common, paper
+from datagen.presets import PAPER_STAGES
 
 VARIANTS = ("hs-hs-hs-randomized", "hs-hs-hs-fixed", "h-h-s-randomized",
             "h-h-s-fixed-no-sum", "h-h-s-fixed", "h-h-randomized", "h-h-h-randomized")
@@ -25,7 +26,7 @@ def get_config(arg=None):
         raise ValueError(f"ablation_180k variant {a.variant!r}; expected one of {VARIANTS}")
     c = paper.paper_config(1)
     c.data.recipe = a.variant  # the datagen recipe that produced data.path (provenance)
-    name, seq_len, _, _ = paper.STAGES[0]
+    name, seq_len = PAPER_STAGES[0].name, PAPER_STAGES[0].seq_len
     steps = max(1, a.docs // c.data.batch_size)
     c.stages[name] = common.stage(
         seq_len=seq_len, steps=steps, rope_cfg=paper.stage_rope("ntk", seq_len),

@@ -1,8 +1,9 @@
 """Shared config pieces: the base run config, model presets, stages and `:arg` parsing.
 
-A run config has the sections model, rope, attn, mesh, data, opt, ckpt, eval and a `stages`
+A run config has the sections model, attn, mesh, data, opt, ckpt, eval, log and a `stages`
 dict. Stages run in sorted key order (name them `s1_...`, `s2_...`); each starts from the
 previous stage's final checkpoint with its own length, RoPE settings, data and LR schedule.
+RoPE is a stage setting only: there is no run-wide RoPE to override.
 """
 from __future__ import annotations
 
@@ -55,7 +56,7 @@ def stage(*, seq_len: int, steps: int, rope_cfg: mc.ConfigDict, data_path: str =
     """One stage of stepwise RoPE scaling."""
     return mc.ConfigDict(dict(
         seq_len=seq_len,  # tokens per row T for this stage
-        steps=steps,  # optimizer steps (= epochs * rows / batch, computed by the config)
+        steps=steps,  # optimizer steps; -1 = one epoch of the records present
         rope=rope_cfg,  # RoPE settings used throughout this stage and exported with it
         data_path=data_path,  # ArrayRecord glob for this stage ('' = data.path)
         lr=lr,  # peak LR for this stage (-1 = opt.lr)
@@ -75,7 +76,6 @@ def base_config() -> mc.ConfigDict:
     c.model.param_dtype = "float32"  # master weight dtype (always float32 for training)
     c.model.remat = "none"  # remat policy: none | full | dots (save matmul outputs)
     c.model.scan_layers = True  # scan the layer stack (compile time independent of L)
-    c.rope = rope()  # model's base RoPE (stages override it)
     c.attn = mc.ConfigDict(dict(
         impl="dense",  # dense | blockwise | ring (ring needs mesh.context > 1)
         block_q=512,  # blockwise query block, tokens
@@ -88,10 +88,9 @@ def base_config() -> mc.ConfigDict:
         tensor=1,  # tensor-parallel shards
     ))
     c.data = mc.ConfigDict(dict(
-        builder="",  # self-building source ('kjv_demo'); '' = read data.path
         recipe="",  # datagen recipe that produced the data (provenance only)
         path="",  # glob(s) of ArrayRecord shards (comma-separated), lctx.conversation/v1
-        tokenizer="",  # SentencePiece .model or HF tokenizer dir ('' = init_from dir)
+        tokenizer="",  # SentencePiece .model or HF tokenizer dir ('' = ckpt.init_from dir)
         batch_size=8,  # global rows per optimizer step (split over processes)
         pack=True,  # first-fit pack documents per row; False = one document a row
         packing_bins=8,  # rows packed at once (more = less padding, more memory)
@@ -101,9 +100,7 @@ def base_config() -> mc.ConfigDict:
         # ran at 6,446 tokens/s with it and 9,375 with 2 / 32 (200 steps each, same run)
         overlong="truncate",  # documents longer than T: truncate | drop (counted, logged)
         seed=0,  # shuffle seed
-        demo_records=4000,  # kjv_demo: number of conversations
-        demo_vocab_size=1024,  # kjv_demo: SentencePiece pieces
-        demo_shards=4,  # kjv_demo: ArrayRecord shards
+        epochs=1,  # passes over a stage's records at most (more steps than that: an error)
     ))
     c.opt = mc.ConfigDict(dict(
         lr=3e-4,  # peak learning rate

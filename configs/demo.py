@@ -37,13 +37,14 @@ def get_config(arg=None):
     c.model.update(vocab_size=1024, d_model=128 if full else 32, n_layers=2, n_heads=4,
                    n_kv_heads=2, head_dim=32 if full else 8, mlp_dim=256 if full else 64)
     c.model.max_seq_len = 1536 if full else 768
-    c.rope = common.rope(theta=10_000.0)
     c.mesh.update(data=-1, fsdp=1)  # CPU: plain data parallel over the local devices
     # Blockwise (flash-style) attention with 128-token blocks: on the 2-core CPU a train step
     # is 1.25x (384), 1.74x (768) and 2.31x (1536 tokens) faster than dense attention
     # (bench/demo_attn_bench.py); the evaluations prefill with the same blocks.
     c.attn.update(impl="blockwise", block_q=128, block_k=128)
-    c.data.update(builder="", batch_size=8)  # paths and tokenizer: filled in by lctx.demo
+    # Paths and tokenizer: filled in by lctx.demo. Its stages read their (packed) data up to
+    # twice: the demo builds about 1.3 passes' worth of rows per stage on purpose.
+    c.data.update(batch_size=8, epochs=2)
     c.opt.update(lr=3e-3, warmup_steps=30 if full else 2, schedule="cosine", end_lr_frac=0.1,
                  clip_norm=1.0)
     c.ckpt.update(every_steps=100, keep=2, async_save=False)

@@ -73,6 +73,12 @@ class StageCheckpoints:
         self.manager.wait_until_finished()
         self.manager.close()
 
+    def __enter__(self) -> "StageCheckpoints":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
 
 def abstract(tree: Any) -> Any:
     """Shape/dtype/sharding skeleton of a pytree of arrays (the restore target)."""
@@ -124,3 +130,36 @@ def load_external(directory: str, abstract_state: Any) -> tuple[Any, dict[str, A
     state, meta = mgr.restore(step, abstract_state)
     mgr.close()
     return state, meta
+
+
+def load_params(directory: str, step: int, mcfg: Any, mesh: Any = None) -> tuple[Any, dict]:
+    """A `Llama` with the parameters of `<directory>/<step>` (a stage directory's step).
+
+    Only the `params` of the saved {params, opt, step, rng} are read, straight into their
+    shardings on `mesh` (`lctx.sharding` rules; None: the first device); the optimizer
+    moments are never loaded.
+
+    Returns:
+      (the model, the checkpoint's meta dict).
+    """
+    from flax import nnx
+
+    from lctx import model as model_lib
+    from lctx import sharding
+    step_dir = os.path.join(os.path.abspath(directory), str(step))
+    graphdef, abs_params = nnx.split(nnx.eval_shape(lambda: model_lib.Llama(
+        mcfg, rngs=nnx.Rngs(0))))
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    shardings = (sharding.param_shardings(abs_params, mesh) if mesh is not None else
+                 jax.tree.map(lambda _: device, abs_params))
+    target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                          abs_params, shardings)
+    restored = ocp.PyTreeCheckpointer().restore(
+        os.path.join(step_dir, "state"), args=ocp.args.PyTreeRestore(
+            item={"params": target}, partial_restore=True,
+            restore_args={"params": ocp.checkpoint_utils.construct_restore_args(target)}))
+    meta = {}
+    if os.path.isdir(os.path.join(step_dir, "meta")):
+        meta = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(
+            os.path.join(step_dir, "meta"))
+    return nnx.merge(graphdef, restored["params"]), meta

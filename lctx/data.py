@@ -1,8 +1,9 @@
 """grain input pipeline: conversation records -> chat tokens -> packed, static-shape batches.
 
     ArrayRecord shards (`lctx.conversation/v1` JSON)
-      -> one global stream: epoch after epoch, each a seeded permutation of all records;
-         process p of P takes elements p, p+P, p+2P, ... (every record once per epoch)
+      -> one global stream: `epochs` epochs (or endless), each a seeded permutation of all
+         records; process p of P takes elements p, p+P, p+2P, ... (every record once per
+         epoch); a finite stream ends, and the iterator with it, after its last epoch
       -> render with the chat format: (ids, loss_mask); loss only on assistant answers
       -> next-token pairs per document: inputs = ids[:-1], targets = ids[1:],
          weights = loss_mask[1:] (so a document's last token never predicts the next one)
@@ -23,7 +24,7 @@ import dataclasses
 import glob
 import logging
 import os
-from typing import Any, Callable
+from typing import Callable
 
 import grain
 import numpy as np
@@ -56,11 +57,11 @@ def resolve_paths(path: str) -> list[str]:
     """Expands `data.path` (a glob or comma-separated globs) into sorted shard paths."""
     if not path:
         raise DataError("data.path is empty: set --config.data.path to a glob of ArrayRecord "
-                        "shards, or data.builder to a builder name such as 'kjv_demo'")
+                        "shards")
     paths = sorted({p for pat in path.split(",") for p in glob.glob(os.path.expanduser(pat))})
     if not paths:
         raise DataError(f"data.path={path!r} matches no files; check the path or generate "
-                        "the data first (datagen), or use data.builder='kjv_demo'")
+                        "the data first (datagen)")
     return paths
 
 
@@ -144,8 +145,8 @@ def make_dataset(paths: list[str], render: RenderFn, *, seq_len: int, batch_size
                  overlong: str = "truncate", context_shards: int = 1,
                  process_index: int = 0, process_count: int = 1,
                  stats: Stats | None = None, read_threads: int = 2,
-                 read_buffer: int = 32) -> grain.IterDataset:
-    """Builds the infinite per-process batch dataset described in the module docstring.
+                 read_buffer: int = 32, epochs: int | None = None) -> grain.IterDataset:
+    """Builds the per-process batch dataset described in the module docstring.
 
     Args:
       paths: ArrayRecord shard paths.
@@ -161,12 +162,16 @@ def make_dataset(paths: list[str], render: RenderFn, *, seq_len: int, batch_size
       stats: optional counters filled while iterating (in this process).
       read_threads, read_buffer: records read and rendered ahead by that many threads, at
         most `read_buffer` ahead (grain.ReadOptions; the order does not depend on them).
+      epochs: passes over the records before the iterator ends (None: endless). The first
+        batches do not depend on it: the stream is the same until it ends.
     """
     if overlong not in ("truncate", "drop"):
         raise DataError(f"data.overlong={overlong!r}; expected 'truncate' or 'drop'")
     if read_threads < 0 or read_buffer < 0:
         raise DataError(f"data.read_threads={read_threads} and data.read_buffer={read_buffer} "
                         "must be >= 0 (0: read in the consuming thread, no read-ahead)")
+    if epochs is not None and epochs < 1:
+        raise DataError(f"data.epochs={epochs} must be >= 1")
     if batch_size % process_count:
         raise DataError(f"data.batch_size={batch_size} must be divisible by the number of "
                         f"JAX processes ({process_count})")
@@ -187,7 +192,12 @@ def make_dataset(paths: list[str], render: RenderFn, *, seq_len: int, batch_size
                                              rounds=4)
         return records_ds[j]
 
-    ds = grain.MapDataset.range(n).repeat(None).map_with_index(pick)
+    if epochs is None:
+        ds = grain.MapDataset.range(n).repeat(None)
+    else:  # this process's share of the n * epochs stream elements
+        ds = grain.MapDataset.range((n * epochs - process_index + process_count - 1)
+                                    // process_count)
+    ds = ds.map_with_index(pick)
     ds = ds.map(_Render(render, seq_len, overlong, stats, n)).filter(lambda d: d is not None)
     # grain's default read-ahead (16 threads, 500 records) polls every buffered record on each
     # read; on a 2-core CPU that cost the demo's training steps 30% (configs/common.py).
@@ -207,28 +217,18 @@ def make_dataset(paths: list[str], render: RenderFn, *, seq_len: int, batch_size
     return it
 
 
+def count_rows(paths: list[str], render: RenderFn, *, seq_len: int, packing_bins: int = 8,
+               overlong: str = "truncate") -> int:
+    """Packed rows of `seq_len` tokens that one epoch of the records fills (one process)."""
+    it = make_dataset(paths, render, seq_len=seq_len, batch_size=1, pack=True,
+                      packing_bins=packing_bins, overlong=overlong, epochs=1)
+    return sum(1 for _ in it)
+
+
 def render_fn_from_tokenizer(tokenizer_path: str) -> RenderFn:
     """The Llama-3 chat format over the tokenizer at `tokenizer_path` (SP model or HF dir)."""
     from lctx.tokenizer import ChatFormat, load_tokenizer
     return ChatFormat(load_tokenizer(tokenizer_path)).render
-
-
-def build_source(cfg_data: Any, workdir: str) -> tuple[list[str], str]:
-    """Resolves the data source of a config: (shard paths, tokenizer path).
-
-    `data.builder` names a self-building source (built once, cached under `workdir`);
-    otherwise `data.path` is a glob of ArrayRecord shards and `data.tokenizer` the tokenizer.
-    """
-    builder = cfg_data.get("builder", "")
-    if builder:
-        if builder not in BUILDERS:
-            raise DataError(f"data.builder={builder!r} is unknown; known: {sorted(BUILDERS)} "
-                            "(or leave it empty and set data.path)")
-        return BUILDERS[builder](os.path.join(workdir, "data"), cfg_data)
-    if not cfg_data.get("tokenizer", ""):
-        raise DataError("data.tokenizer is empty: set it to a SentencePiece .model or an HF "
-                        "tokenizer directory (usually the init_from model directory)")
-    return resolve_paths(cfg_data.path), cfg_data.tokenizer
 
 
 def log_batch_summary(batch: dict[str, np.ndarray]) -> None:
@@ -237,68 +237,3 @@ def log_batch_summary(batch: dict[str, np.ndarray]) -> None:
                  {k: (v.shape, str(v.dtype)) for k, v in batch.items()},
                  100.0 * (seg > 0).mean(), int(batch["weights"].sum()),
                  int(sum(len(np.unique(r[r > 0])) for r in seg)))
-
-
-# --- Self-building demo data (until the datagen package provides the demo set) -------------
-
-def kjv_demo_records(num_records: int, seed: int = 0, max_verses: int = 4,
-                     max_questions: int = 2) -> list[dict[str, Any]]:
-    """Retrieval-style QA conversations over short KJV passages (learnable by a tiny model).
-
-    Each record shows a passage of 2..max_verses referenced verses and asks 1..max_questions
-    questions answered from it: quote a verse by reference, name the book, or give the verse
-    that follows a reference (~260 tokens median with a 1024-piece KJV tokenizer).
-    """
-    from lctx.corpora import kjv_verses
-    verses = kjv_verses()
-    rng = np.random.default_rng(seed)
-    out = []
-    for i in range(num_records):
-        k = int(rng.integers(2, max_verses + 1))
-        start = int(rng.integers(0, len(verses) - k))
-        window = verses[start:start + k]
-        refs = [f"{b} {c}:{v}" for b, c, v, _ in window]
-        passage = "\n".join(f"{r} {v[3]}" for r, v in zip(refs, window))
-        msgs = [{"role": "system", "content": "Answer from the passage."},
-                {"role": "user", "content": passage}]
-        for q in rng.choice(3, size=int(rng.integers(1, max_questions + 1)), replace=True):
-            j = int(rng.integers(0, k - 1))
-            if q == 0:
-                msgs += [{"role": "user", "content": f"Quote {refs[j]}."},
-                         {"role": "assistant", "content": window[j][3]}]
-            elif q == 1:
-                msgs += [{"role": "user", "content": "Which book?"},
-                         {"role": "assistant", "content": window[0][0]}]
-            else:
-                msgs += [{"role": "user", "content": f"What follows {refs[j]}?"},
-                         {"role": "assistant", "content": window[j + 1][3]}]
-        # Fold the passage into the first question so user turns alternate with answers.
-        msgs[2]["content"] = msgs[1]["content"] + "\n\n" + msgs[2]["content"]
-        del msgs[1]
-        out.append(records_lib.make_record(f"kjv-demo-{seed}-{i}", msgs, {"source": "kjv"}))
-    return out
-
-
-def build_kjv_demo(out_dir: str, cfg_data: Any) -> tuple[list[str], str]:
-    """Builds (once, cached) the KJV demo shards and a KJV SentencePiece tokenizer."""
-    from lctx.corpora import kjv_text
-    from lctx.tokenizer import train_sentencepiece
-    vocab = int(cfg_data.get("demo_vocab_size", 1024))
-    n = int(cfg_data.get("demo_records", 4000))
-    shards = int(cfg_data.get("demo_shards", 4))
-    os.makedirs(out_dir, exist_ok=True)
-    tok = os.path.join(out_dir, f"kjv{vocab}.model")
-    if not os.path.exists(tok):
-        logging.info("data: training a %d-piece SentencePiece tokenizer on the KJV", vocab)
-        train_sentencepiece(kjv_text(), vocab, tok[: -len(".model")])
-    paths = [os.path.join(out_dir, f"kjv_demo-{n}-{i:03d}-of-{shards:03d}.arrayrecord")
-             for i in range(shards)]
-    if not all(os.path.exists(p) for p in paths):
-        logging.info("data: writing %d KJV demo records to %s", n, out_dir)
-        recs = kjv_demo_records(n, seed=int(cfg_data.get("seed", 0)))
-        for i, p in enumerate(paths):  # each shard is written atomically
-            records_lib.write_array_record(p, recs[i::shards])
-    return paths, tok
-
-
-BUILDERS: dict[str, Callable[[str, Any], tuple[list[str], str]]] = {"kjv_demo": build_kjv_demo}

@@ -196,7 +196,6 @@ def training_config(cfg, data: dict[str, Any], tok: str):
     import ml_collections as mc
     c = mc.ConfigDict(cfg.to_dict())
     del c["demo"]
-    c.data.builder = ""
     c.data.tokenizer = tok
     stages = sorted(c.stages.keys())
     c.data.path = ",".join(data["paths"][stages[0]])

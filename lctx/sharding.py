@@ -196,23 +196,32 @@ def init_sharded(ctor: Callable[[], nnx.Module], mesh: Mesh, rules=DEFAULT_RULES
     return nnx.merge(graphdef, state)
 
 
-def shard_train_state(state: Any, mesh: Mesh):
-    """Place a train-state pytree: leaves under a parameter's path (e.g. AdamW moments)
-    take that parameter's sharding; anything else is replicated."""
-    by_path = {}
-    for path, leaf in jax.tree_util.tree_leaves_with_path(state):
-        if isinstance(getattr(leaf, "sharding", None), NamedSharding) and \
-                leaf.sharding.mesh.shape == mesh.shape and path and \
-                getattr(path[0], "key", None) == "params":
-            by_path[tuple(map(str, path[1:]))] = leaf.sharding
+def train_state_shardings(state: Any, mesh: Mesh, param_shardings_tree: Any) -> Any:
+    """Shardings for a train-state pytree `{params, opt, ...}` (arrays or abstract).
+
+    `state["params"]` takes `param_shardings_tree`; a leaf elsewhere whose path ends with a
+    parameter's path (an AdamW moment) takes that parameter's sharding; anything else (step
+    counters, the PRNG key) is replicated.
+    """
+    by_path = {tuple(map(str, p)): s for p, s in
+               jax.tree_util.tree_leaves_with_path(param_shardings_tree)}
     replicated = NamedSharding(mesh, P())
 
-    def place(path, leaf):
+    def pick(path, leaf):
         keys = tuple(map(str, path))
+        if keys[:1] == ("['params']",):
+            return by_path[keys[1:]]
         for i in range(len(keys)):  # longest suffix matching a parameter path
-            s = by_path.get(keys[i:] if keys[:1] != ("['params']",) else keys[1:])
+            s = by_path.get(keys[i:])
             if s is not None and len(s.spec) <= np.ndim(leaf):
-                return jax.device_put(leaf, s)
-        return jax.device_put(leaf, replicated)
+                return s
+        return replicated
 
-    return jax.tree_util.tree_map_with_path(place, state)
+    return jax.tree_util.tree_map_with_path(pick, state)
+
+
+def shard_train_state(state: Any, mesh: Mesh, rules=DEFAULT_RULES):
+    """Places a train-state pytree whose `params` are an NNX Param state: parameters by
+    their logical names, the rest by `train_state_shardings`."""
+    shardings = train_state_shardings(state, mesh, param_shardings(state["params"], mesh, rules))
+    return jax.device_put(state, shardings)

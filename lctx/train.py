@@ -15,8 +15,14 @@ import logging
 import os
 import sys
 
+import jax
 from absl import app, flags
 from ml_collections import config_flags
+
+from lctx import data as data_lib
+from lctx import records
+from lctx import run as run_lib
+from lctx import trainer
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file (configs/<name>.py[:arg]); override fields with "
@@ -31,7 +37,6 @@ _PID = flags.DEFINE_integer("process_id", None, "This process's index.")
 
 def init_distributed() -> None:
     """Starts JAX's multi-process runtime when the job has more than one process."""
-    import jax
     if _COORD.value or (_NPROC.value or 1) > 1:
         if None in (_COORD.value, _NPROC.value, _PID.value):
             raise app.UsageError("multi-process runs need --coordinator_address, "
@@ -45,7 +50,6 @@ def init_distributed() -> None:
 
 
 def log_layout(cfg) -> None:
-    import jax
     logging.info("process %d/%d on %s; local devices %s; global devices %d (%s)",
                  jax.process_index(), jax.process_count(), os.uname().nodename,
                  [str(d) for d in jax.local_devices()], jax.device_count(),
@@ -66,13 +70,16 @@ def main(argv) -> None:
             config_flags.get_config_filename(flags.FLAGS["config"])))[0])
     init_distributed()
     log_layout(cfg)
-    from lctx import trainer
     try:
         if "demo" in cfg:  # configs/demo.py: the end-to-end pipeline (data, stages, RULER)
             from lctx import demo
             results = demo.run(cfg, workdir)
         else:
             results = trainer.train_and_evaluate(cfg, workdir)
+    except (run_lib.ConfigError, data_lib.DataError, records.RecordError) as e:
+        # A mistake in the config or the data: the message names the field and the fix.
+        logging.error("%s", e)
+        sys.exit(2)
     except trainer.NonFiniteLoss as e:
         logging.error("%s", e)
         sys.exit(3)

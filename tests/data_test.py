@@ -139,9 +139,39 @@ def test_read_ahead_does_not_change_the_batches(tmp_path, pack):
                 np.testing.assert_array_equal(a[k], b[k])
 
 
-def test_kjv_demo_records_answerable():
-    recs = data.kjv_demo_records(20, seed=1)
-    for r in recs:
-        records.validate(r)
-        assert records.has_assistant_turn(r)
-        assert r["messages"][1]["role"] == "user" and "\n" in r["messages"][1]["content"]
+def _answers(batches) -> list[str]:
+    """The answer strings ('answer 7') in a list of batches, in row order."""
+    import re
+    text = "".join(bytes(r[r > 2].astype(np.uint8)).decode() + "|" for b in batches
+                   for r in b["inputs"])
+    return re.findall(r"answer \d+", text)
+
+
+@pytest.mark.parametrize("pack", [False, True])
+def test_finite_epochs_read_each_record_epochs_times(tmp_path, pack):
+    """epochs=E reads every record exactly E times over all processes, then the iterator
+    ends; until then it is the endless stream, batch for batch."""
+    paths = _write(tmp_path, n=12)
+    kw = dict(seq_len=48, batch_size=1, seed=4, pack=pack)
+    seen = []
+    for p in range(2):
+        seen += _answers(data.make_dataset(paths, _render, epochs=2, process_index=p,
+                                           process_count=2, **dict(kw, batch_size=2)))
+    assert sorted(seen) == sorted([f"answer {i}" for i in range(12)] * 2)
+    finite = list(data.make_dataset(paths, _render, epochs=2, **kw))
+    endless = iter(data.make_dataset(paths, _render, **kw))
+    for b in finite[:-1]:  # the packer flushes its last bins when the stream ends
+        want = next(endless)
+        for k in data.KEYS:
+            np.testing.assert_array_equal(b[k], want[k])
+    assert len(finite) == 24 if not pack else 2 <= len(finite) < 24
+    with pytest.raises(data.DataError, match="data.epochs=0"):
+        data.make_dataset(paths, _render, epochs=0, **kw)
+
+
+def test_count_rows_is_one_packed_epoch(tmp_path):
+    paths = _write(tmp_path, n=12)
+    n = data.count_rows(paths, _render, seq_len=48)
+    assert n == len(list(data.make_dataset(paths, _render, seq_len=48, batch_size=1,
+                                           epochs=1)))
+    assert 1 <= n < 12  # several short records share a row

@@ -162,6 +162,7 @@ def test_training_checkpoint_and_sharded_params(export, prompts, tmp_path, sp_mo
     cfg = common.base_config()
     cfg.model.max_seq_len = 256
     cfg.data.tokenizer = sp_model_path
+    cfg.stages.s1 = common.stage(seq_len=256, steps=7, rope_cfg=common.rope(theta=10000.0))
     workdir = str(tmp_path / "run")
     os.makedirs(workdir)
     with open(os.path.join(workdir, "config.json"), "w") as f:

@@ -14,8 +14,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
+import tiny_runs
 from configs import common
 from lctx import data, records, trainer
+from lctx import run as run_lib
+from lctx import step as step_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -23,10 +26,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.fixture(scope="module")
 def demo_data(tmp_path_factory, sp_model_path):
     d = tmp_path_factory.mktemp("recs")
-    recs = data.kjv_demo_records(120, seed=0, max_verses=3, max_questions=2)
-    records.write_array_record(str(d / "a.arrayrecord"), recs[:60])
-    records.write_array_record(str(d / "b.arrayrecord"), recs[60:])
-    return str(d / "*.arrayrecord"), sp_model_path
+    recs = tiny_runs.qa_records(120, seed=0)
+    return tiny_runs.write_shards(str(d), recs), sp_model_path
 
 
 def tiny_config(demo_data, s1=4, s2=0, every=2):
@@ -112,6 +113,9 @@ def test_kill9_then_resume_is_bit_identical(tmp_path, demo_data):
     want, got = losses(ref), losses(run)
     assert sorted(want) == sorted(got) and len(want) == 9
     assert got == want  # exact: same bits after kill -9 and resume
+    with open(run / "metrics.jsonl") as f:  # the redone steps replaced their old lines
+        steps = [(r["stage"], r["step"]) for r in map(json.loads, f) if "train/loss" in r]
+    assert sorted(steps) == sorted(want)
 
 
 def test_two_stages_checkpoint_and_use_their_rope(tmp_path, demo_data, monkeypatch):
@@ -145,20 +149,30 @@ def test_two_stages_checkpoint_and_use_their_rope(tmp_path, demo_data, monkeypat
         assert (meta["step"], meta["finished"], meta["rope"]["theta"]) == (steps, True, theta)
         mgr.close()
     # Stage 2 starts from stage 1's final parameters (and, by config, its Adam moments).
-    from lctx import sharding
-    mesh = sharding.make_mesh([("data", -1), ("fsdp", 1), ("context", 1), ("tensor", 1)])
-    with sharding.use_mesh(mesh):
-        r2 = trainer.StageRunner(cfg, "s2", str(tmp_path), mesh,
-                                 trainer.MetricWriter(str(tmp_path), 1, 1.0, False))
-        r2.start_from_previous("s1", 3)
-        s1 = ckpt_lib.StageCheckpoints(root, "s1", async_save=False)
-        st1, _ = s1.restore(3, ckpt_lib.abstract(r2.state))
-        s1.close()
-    for a, b in zip(jax.tree.leaves(r2.state["params"]), jax.tree.leaves(st1["params"])):
+    run = run_lib.Run(cfg, str(tmp_path))
+    mesh = trainer.make_mesh(run)
+    built = step_lib.build_stage(run, run.stage("s2"), mesh)
+    state, source = trainer.restore(run, built, None, found=None)
+    assert source == "s1 step 3 (optimizer state carried)"
+    with run.checkpoints("s1", async_save=False) as s1:
+        st1, _ = s1.restore(3, built.abstract)
+    for a, b in zip(jax.tree.leaves(state["params"]), jax.tree.leaves(st1["params"])):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    for a, b in zip(jax.tree.leaves(r2.state["opt"]), jax.tree.leaves(st1["opt"])):
+    for a, b in zip(jax.tree.leaves(state["opt"]), jax.tree.leaves(st1["opt"])):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    assert int(r2.state["step"]) == 0  # the new stage's own schedule starts at 0
+    assert int(state["step"]) == 0  # the new stage's own schedule starts at 0
+    # Metrics: compile time apart, step 0 not timed, no step time repeated (checkpoint
+    # steps included), TensorBoard events beside metrics.jsonl.
+    with open(tmp_path / "metrics.jsonl") as f:
+        lines = [json.loads(x) for x in f]
+    for name in ("s1", "s2"):
+        rows = [r for r in lines if r["stage"] == name]
+        assert [r["step"] for r in rows if "perf/compile_s" in r] == [0]
+        train = [r for r in rows if "train/loss" in r]
+        assert "perf/step_time_s" not in train[0]
+        times = [r["perf/step_time_s"] for r in train[1:]]
+        assert len(times) == len(train) - 1 and len(set(times)) == len(times)
+        assert os.listdir(tmp_path / "tb" / name)[0].startswith("events.out.tfevents")
 
 
 def test_loss_ignores_non_answer_targets(demo_data):
@@ -174,7 +188,7 @@ def test_loss_ignores_non_answer_targets(demo_data):
     assert 0 < float(b["weights"].mean()) < 1
 
     def grads(batch):
-        return jax.value_and_grad(trainer._micro_loss)(params, graphdef, batch, 128)
+        return jax.value_and_grad(step_lib._micro_loss)(params, graphdef, batch, 128)
 
     l0, g0 = grads(b)
     other = (b["targets"] + 7) % 1024
@@ -238,18 +252,19 @@ def test_two_processes_match_one(tmp_path, demo_data):
 def test_bad_inputs(tmp_path, demo_data):
     cfg = tiny_config(demo_data)
     cfg.data.path = str(tmp_path / "nothing-*.arrayrecord")
-    with pytest.raises(data.DataError, match="matches no files"):
+    with pytest.raises(run_lib.ConfigError, match="data.path=.* matches no files"):
         trainer.train_and_evaluate(cfg, str(tmp_path / "w1"))
     cfg = tiny_config(demo_data)
     cfg.stages.s1.seq_len = 1024
-    with pytest.raises(ValueError, match=r"stages.s1.seq_len=1024 exceeds model.max_seq_len"):
+    with pytest.raises(run_lib.ConfigError,
+                       match=r"stages.s1.seq_len=1024 exceeds model.max_seq_len"):
         trainer.train_and_evaluate(cfg, str(tmp_path / "w2"))
     assert not os.path.exists(tmp_path / "w1") and not os.path.exists(tmp_path / "w2")
     bad = records.make_record("ok", [{"role": "user", "content": "q"},
                                      {"role": "assistant", "content": "a"}])
     bad["messages"] = bad["messages"][:1]
     records.write_array_record(str(tmp_path / "bad.arrayrecord"), [bad] * 8)
-    cfg = tiny_config(demo_data)
+    cfg = tiny_config(demo_data, s1=1)  # one batch of the 8 bad records
     cfg.data.path = str(tmp_path / "bad.arrayrecord")
     with pytest.raises(records.RecordError, match="no non-empty assistant turn"):
         trainer.train_and_evaluate(cfg, str(tmp_path / "w3"))
@@ -262,3 +277,56 @@ def test_config_typo_is_an_error(tmp_path, demo_data):
                        env=_env(), capture_output=True, text=True)
     assert r.returncode != 0 and "lrr" in r.stderr
     assert not os.path.exists(tmp_path / "w")
+
+
+def test_config_error_is_a_message_not_a_traceback(tmp_path, demo_data):
+    r = subprocess.run(cli(tmp_path / "w", demo_data, "--config.ckpt.every_steps=0"), cwd=ROOT,
+                       env=_env(), capture_output=True, text=True)
+    assert r.returncode == 2 and "ckpt.every_steps=0 must be >= 1" in r.stderr
+    assert "Traceback" not in r.stderr and not os.path.exists(tmp_path / "w")
+
+
+def test_init_from_loads_hf_weights_into_shardings_without_random_init(
+        tmp_path, demo_data, monkeypatch):
+    from flax import nnx
+
+    from lctx import hf
+    from lctx.model import Llama, ModelConfig
+    hf_dir = hf.export_hf(Llama(ModelConfig(**tiny_runs.TINY_MODEL), rngs=nnx.Rngs(7)),
+                          str(tmp_path / "hf"), tokenizer=demo_data[1])
+    cfg = tiny_config(demo_data)
+    cfg.model.update(tiny_runs.TINY_MODEL)
+    cfg.mesh.update(data=1, fsdp=-1)
+    cfg.ckpt.init_from, cfg.data.tokenizer = hf_dir, ""  # the tokenizer comes from there too
+
+    def no_random_init(*a, **k):
+        raise AssertionError("the model was initialised randomly before loading")
+
+    monkeypatch.setattr(trainer, "fresh_state", no_random_init)
+    run = run_lib.Run(cfg, str(tmp_path / "w"))
+    built = step_lib.build_stage(run, run.stage("s1"), trainer.make_mesh(run))
+    state, source = trainer.restore(run, built, None, found=None)
+    assert source == f"HF weights ckpt.init_from={hf_dir}" and run.tokenizer == hf_dir
+    _, want = hf.load_hf(hf_dir)
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(state["params"]),
+                            jax.tree.leaves(nnx.state(want, nnx.Param))):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b), jax.tree_util.keystr(path))
+    assert jax.tree.map(lambda x: x.sharding, state) == built.shardings
+    assert max(len(x.sharding.device_set) for x in jax.tree.leaves(state["params"])) == 8
+
+
+def test_rerun_exports_a_finished_stage_and_refuses_more_steps(tmp_path, demo_data):
+    """Killed between the final checkpoint and the export: the rerun exports and trains
+    nothing; asking a finished stage for more steps is an error naming the field."""
+    cfg = tiny_config(demo_data, s1=1)
+    cfg.stages.s1.export_hf = True
+    trainer.train_and_evaluate(cfg, str(tmp_path))
+    exported = (tmp_path / "hf" / "s1" / "model.safetensors").read_bytes()
+    import shutil
+    shutil.rmtree(tmp_path / "hf")  # as if killed just before the export
+    assert trainer.train_and_evaluate(cfg, str(tmp_path)) == {}
+    assert (tmp_path / "hf" / "s1" / "model.safetensors").read_bytes() == exported
+    cfg.stages.s1.steps = 2
+    with pytest.raises(run_lib.ConfigError, match=r"stages.s1.steps=2 but the stage already "
+                                                  r"finished at 1 steps"):
+        trainer.train_and_evaluate(cfg, str(tmp_path))

@@ -1,9 +1,9 @@
 """`LctxRunner`: greedy generation with lctx's own Flax model (`lctx.generate`) for the evals.
 
 Loads either an HF-format directory (an lctx export or any Llama checkpoint, `lctx.hf.load_hf`)
-or an lctx training run (a workdir, `<workdir>/ckpt/<stage>` or `<workdir>/ckpt/<stage>/<step>`;
-parameters are restored from the orbax `state` item, the architecture from the run's
-config.json and the RoPE from the checkpoint's metadata). A RoPE override evaluates zero-shot
+or an lctx training run (a workdir, `<workdir>/ckpt/<stage>` or `<workdir>/ckpt/<stage>/<step>`,
+read by `lctx.run`: the stage's model config and RoPE, its checkpoint's parameters, the run's
+tokenizer). A RoPE override evaluates zero-shot
 RoPE scaling (e.g. YaRN x4 on a model trained at 8K), usually together with `max_model_len`.
 
 Generation: prompts are sorted by length, batched, right-padded to a few static bucket lengths
@@ -59,39 +59,10 @@ def _is_hf_dir(path: str) -> bool:
         for n in os.listdir(path))
 
 
-def _find_checkpoint(path: str, stage: str | None, step: int | None):
-    """(workdir, stage, step directory) of an lctx run path (workdir | ckpt/<stage>[/<step>])."""
-    from lctx import checkpoint as ckpt_lib
-    path = os.path.abspath(path)
-    if os.path.isdir(os.path.join(path, "state")):  # <workdir>/ckpt/<stage>/<step>
-        return os.path.dirname(os.path.dirname(os.path.dirname(path))), path
-    if os.path.isdir(os.path.join(path, "ckpt")):  # the workdir
-        root = os.path.join(path, "ckpt")
-        stages = [stage] if stage else sorted(os.listdir(root))
-        found = ckpt_lib.find_resume(root, stages)
-        if found is None:
-            raise FileNotFoundError(f"{path}: no finished checkpoint under {root} (stages "
-                                    f"{stages}); train first or point at an HF export")
-        stage_dir, latest = found.directory, found.step
-    else:  # <workdir>/ckpt/<stage>
-        stage_dir = path
-        mgr = ckpt_lib.StageCheckpoints(os.path.dirname(path), os.path.basename(path),
-                                        async_save=False)
-        latest = mgr.latest_step()
-        mgr.close()
-        if latest is None:
-            raise FileNotFoundError(f"model={path!r} is neither an HF directory (config.json + "
-                                    "safetensors) nor an lctx workdir / ckpt/<stage> directory "
-                                    "with a checkpoint")
-    step_dir = os.path.join(stage_dir, str(latest if step is None else step))
-    if not os.path.isdir(os.path.join(step_dir, "state")):
-        raise FileNotFoundError(f"{step_dir} has no 'state' item (step={step} not saved?)")
-    return os.path.dirname(os.path.dirname(stage_dir)), step_dir
-
-
 def load_checkpoint(path: str, *, stage: str | None = None, step: int | None = None,
                     mesh=None, **overrides):
-    """Loads an lctx training checkpoint's parameters into a `Llama`.
+    """Loads an lctx training checkpoint's parameters into a `Llama` (`lctx.run` reads the
+    run: the stage's model config with its RoPE, the checkpoint's params only).
 
     Args:
       path: the run's workdir, `<workdir>/ckpt/<stage>` or `<workdir>/ckpt/<stage>/<step>`.
@@ -100,64 +71,17 @@ def load_checkpoint(path: str, *, stage: str | None = None, step: int | None = N
       **overrides: ModelConfig fields (attn_impl, rope, max_seq_len, ...).
 
     Returns:
-      (ModelConfig, Llama, meta dict of the checkpoint (stage, step, rope, ...)).
+      (ModelConfig, Llama, meta dict of the checkpoint (stage, step, rope, workdir, ...)).
     """
-    import jax
-    import orbax.checkpoint as ocp
-    from flax import nnx
-
-    from lctx import model as model_lib
-    from lctx import rope as rope_lib
-    from lctx import sharding as sharding_lib
-    workdir, step_dir = _find_checkpoint(path, stage, step)
-    cfg_path = os.path.join(workdir, "config.json")
-    if not os.path.isfile(cfg_path):
-        raise FileNotFoundError(f"{cfg_path} is missing: the trainer writes the run config "
-                                "there; the architecture cannot be known without it")
-    with open(cfg_path) as f:
-        run_cfg = json.load(f)
-    meta = {}
-    if os.path.isdir(os.path.join(step_dir, "meta")):
-        meta = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(
-            os.path.join(step_dir, "meta"))
-    m, a = run_cfg["model"], run_cfg.get("attn", {})
-    fields = {k: m[k] for k in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads",
-                                "head_dim", "mlp_dim", "norm_eps", "tie_embeddings",
-                                "max_seq_len", "param_dtype", "dtype", "scan_layers")}
-    fields.update(rope=rope_lib.make_rope(**(meta.get("rope") or run_cfg["rope"])),
-                  attn_impl=a.get("impl", "blockwise"), block_q=a.get("block_q", 512),
-                  block_k=a.get("block_k", 512))
-    fields.update(overrides)
-    cfg = model_lib.ModelConfig(**fields)
-    graphdef, abs_state = nnx.split(nnx.eval_shape(lambda: model_lib.Llama(cfg,
-                                                                           rngs=nnx.Rngs(0))))
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    shardings = (sharding_lib.param_shardings(abs_state, mesh) if mesh is not None else
-                 jax.tree.map(lambda _: device, abs_state))
-    target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                          abs_state, shardings)
-    # Only the params of {params, opt, step, rng}: the optimizer moments are never read.
-    restored = ocp.PyTreeCheckpointer().restore(
-        os.path.join(step_dir, "state"), args=ocp.args.PyTreeRestore(
-            item={"params": target}, partial_restore=True,
-            restore_args={"params": ocp.checkpoint_utils.construct_restore_args(target)}))
-    return cfg, nnx.merge(graphdef, restored["params"]), dict(meta, workdir=workdir)
-
-
-def _run_tokenizer_path(workdir: str) -> str:
-    """The tokenizer a training run used: data.tokenizer, ckpt.init_from, or a built one."""
-    import glob
-    with open(os.path.join(workdir, "config.json")) as f:
-        run_cfg = json.load(f)
-    for path in (run_cfg.get("data", {}).get("tokenizer"), run_cfg.get("ckpt", {}).get(
-            "init_from")):
-        if path:
-            return path
-    built = sorted(glob.glob(os.path.join(workdir, "data", "**", "*.model"), recursive=True))
-    if built:
-        return built[0]
-    raise FileNotFoundError(f"{workdir}: the run config names no tokenizer (data.tokenizer, "
-                            "ckpt.init_from) and none was built under data/; pass tokenizer=")
+    from lctx import run as run_lib
+    try:
+        run, path_stage, path_step = run_lib.locate(path)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"model={path!r} is neither an HF directory (config.json + "
+                                f"safetensors) nor an lctx workdir / ckpt/<stage> directory "
+                                f"with a checkpoint ({e})") from e
+    return run.load_model(stage or path_stage, step if step is not None else path_step, mesh,
+                          **overrides)
 
 
 def bucket_length(n: int, budget: int, min_bucket: int) -> int:
@@ -219,7 +143,9 @@ class LctxRunner:
         else:
             self.cfg, self.model, self.meta = load_checkpoint(model, stage=stage, step=step,
                                                               mesh=self.mesh, **overrides)
-            tokenizer = tokenizer or _run_tokenizer_path(self.meta["workdir"])
+            if tokenizer is None:
+                from lctx import run as run_lib
+                tokenizer = run_lib.Run.open(self.meta["workdir"]).tokenizer
         rope = rope if rope is not None else rope_parameters
         changes = {}
         if rope is not None:
