@@ -7,6 +7,7 @@ TRAIN = [
     "safetensors", "tqdm", "rich", "matplotlib", "wonderwords==2.2.0", "pyarrow",
     "jinja2>=3.1.6",  # chat templates (lctx.chat), in the environment transformers uses
     "scipy", "rouge-score",  # RULER fwe (zeta) and InfiniteBench rougeLsum, as the references
+    "tensorboardX",  # TensorBoard event files beside metrics.jsonl (lctx.metrics)
     "httpx", "tenacity",  # datagen's HTTP backend and the evals OpenAI runner (bounded retries)
 ]
 HF = ["torch==2.13.0", "transformers>=4.50"]  # parity tests and export checks (CPU wheel)
