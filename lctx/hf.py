@@ -105,12 +105,15 @@ def config_to_hf(cfg: ModelConfig, bos_id: int | None = None,
 
 def _rope_keys(cfg: ModelConfig) -> dict:
     """RoPE as `rope_theta` + `rope_scaling` (transformers 4.x, vLLM) and `rope_parameters`
-    (5.x), checked to read back (as HF reads it: `lctx.rope.rope_from_hf`) to the same
+    (5.x), checked to read back (as HF 5 reads it: `lctx.rope.rope_from_hf`) to the same
     frequencies and attention scaling.
 
-    Where HF would derive a different attention scaling from the written fields (longrope
-    without `factor`: HF takes max_position_embeddings / original, lctx 1.0), the scaling
-    lctx trained with is written as `attention_factor`.
+    Where HF would derive a different attention scaling from the written fields, the
+    scaling lctx trained with is written as `attention_factor`: longrope without `factor`
+    (HF 5 takes max_position_embeddings / original, lctx 1.0), and longrope whenever
+    max_position_embeddings / original differs from its factor (transformers 4.x always
+    derives the factor that way). Longrope also gets the top-level
+    `original_max_position_embeddings` 4.x reads its original window from.
 
     Raises:
       CheckpointError: a RoPE that config.json cannot express exactly.
@@ -124,7 +127,15 @@ def _rope_keys(cfg: ModelConfig) -> dict:
         return rope_lib.rope_from_hf({"max_position_embeddings": cfg.max_seq_len,
                                       "head_dim": h, **keys})
 
-    if read_back().attention_scaling(h) != want and keys.get("rope_scaling"):
+    pin = read_back().attention_scaling(h) != want
+    if isinstance(rope, rope_lib.LongRope):
+        omp = rope.original_max_position_embeddings
+        keys["original_max_position_embeddings"] = omp
+        pin = pin or rope_lib.make_rope(
+            "longrope", short_factor=rope.short_factor, long_factor=rope.long_factor,
+            original_max_position_embeddings=omp, factor=cfg.max_seq_len / omp
+        ).attention_scaling(h) != want
+    if pin and keys.get("rope_scaling"):
         for section in ("rope_scaling", "rope_parameters"):
             keys[section] = {**keys[section], "attention_factor": want}
     back = read_back()
