@@ -1,0 +1,84 @@
+"""lctx.export: any checkpoint of a run, exported through lctx.run, loads back to the
+checkpoint's weights; the final one equals the trainer's own export; bad paths are one-line
+errors."""
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+import tiny_runs
+from configs import common
+from lctx import export, hf, trainer
+from lctx import run as run_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, sp_model_path):
+    """Two tiny stages (2 + 1 steps, a checkpoint every step), each exported by the trainer."""
+    d = tmp_path_factory.mktemp("export_run")
+    c = common.base_config()
+    c.model.update(tiny_runs.TINY_MODEL, max_seq_len=256)
+    c.mesh.update(data=-1, fsdp=1)
+    c.data.update(path=tiny_runs.write_shards(str(d / "data"), tiny_runs.qa_records(64)),
+                  tokenizer=sp_model_path, batch_size=8)
+    c.opt.update(warmup_steps=1, loss_chunk=128)
+    c.ckpt.update(every_steps=1, keep=3, async_save=False)
+    c.log.progress = False
+    c.stages.s1 = common.stage(seq_len=128, steps=2, rope_cfg=common.rope(theta=1e4))
+    c.stages.s2 = common.stage(seq_len=256, steps=1, rope_cfg=common.rope(
+        type="linear", theta=1e4, factor=2.0))
+    trainer.train_and_evaluate(c, str(d / "run"))
+    return str(d / "run")
+
+
+def _params(model):
+    return {"/".join(map(str, p)): np.asarray(x) for p, x in
+            jax.tree_util.tree_leaves_with_path(nnx.state(model, nnx.Param))}
+
+
+def test_final_checkpoint_export_equals_the_trainers(finished_run, tmp_path):
+    out = export.export(finished_run, out=str(tmp_path / "again"))
+    ours = open(os.path.join(out, "model.safetensors"), "rb").read()
+    trainers = open(os.path.join(finished_run, "hf", "s2", "model.safetensors"), "rb").read()
+    assert ours == trainers  # same weights, same bf16 bytes
+    with open(os.path.join(out, "config.json")) as f:
+        assert json.load(f)["rope_parameters"]["rope_type"] == "linear"
+    # Default output: the trainer's place for a stage's final checkpoint.
+    run = run_lib.Run.open(finished_run)
+    assert export.default_out(run, "s2", 1) == os.path.join(finished_run, "hf", "s2")
+    assert export.default_out(run, "s1", 1) == os.path.join(finished_run, "hf", "s1-step1")
+
+
+def test_any_step_exports_its_weights(finished_run):
+    """CLI on `<workdir>/ckpt/s1/1` (a mid-stage checkpoint), float32: the export loads back
+    into lctx as exactly that checkpoint's weights, with s1's RoPE."""
+    proc = subprocess.run([sys.executable, "-m", "lctx.export",
+                           os.path.join(finished_run, "ckpt", "s1", "1"), "--dtype=float32"],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout.strip().splitlines()[-1]
+    assert out == os.path.join(finished_run, "hf", "s1-step1")
+    cfg, model = hf.load_hf(out)
+    mcfg, ckpt_model, _ = run_lib.Run.open(finished_run).load_model("s1", 1)
+    assert cfg.rope == mcfg.rope
+    theirs = _params(ckpt_model)
+    for k, v in _params(model).items():
+        np.testing.assert_array_equal(v, theirs[k], err_msg=k)
+    final = _params(run_lib.Run.open(finished_run).load_model("s1", 2)[1])
+    assert any(not np.array_equal(v, final[k]) for k, v in _params(model).items())
+
+
+def test_bad_paths_are_one_line_errors(finished_run, tmp_path, capsys):
+    for args, want in (([str(tmp_path)], "config.json is missing"),
+                       ([finished_run, "--stage=s9"], "stage 's9' is not in the config"),
+                       ([finished_run, "--stage=s1", "--step=7"], "step=7 not saved")):
+        assert export.main(args) == 2
+        err = capsys.readouterr().err
+        assert want in err and len(err.strip().splitlines()) == 1, (args, err)
