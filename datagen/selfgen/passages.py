@@ -159,10 +159,16 @@ class Corpus:
             raise CorpusError(f"{pdir}: shards were made with different settings")
         self.fingerprint = self.manifests[0]["fingerprint"]
         self.generator_model = self.fingerprint["generator_model"]
-        self.nouns = [x for m in self.manifests for x in m["nouns"]]
+        # Canonical order (the nouns' sorted order), whatever the number of shards: sample
+        # draws index it, so datasets do not depend on how the corpus was sharded.
+        on_disk = [x for m in self.manifests for x in m["nouns"]]
+        order = sorted(range(len(on_disk)), key=on_disk.__getitem__)
+        self.nouns = [on_disk[i] for i in order]
+        self._row = order  # canonical index -> record index over the shard files
         if not self.nouns:
-            raise CorpusError(f"{pdir}: the corpus holds no passage (every call failed: "
-                              f"{self.manifests[0]['failed'] and next(iter(self.manifests[0]['failed'].values()))})")
+            why = next(iter(self.manifests[0]["failed"].values()), "?")
+            raise CorpusError(f"{pdir}: the corpus holds no passage (every call failed, "
+                              f"e.g. {why})")
         self._reader = store.Reader([os.path.join(pdir, m["file"]) for m in self.manifests])
         if len(self._reader) != len(self.nouns):
             raise CorpusError(f"{pdir}: {len(self._reader)} passages on disk but the "
@@ -172,7 +178,7 @@ class Corpus:
         return len(self.nouns)
 
     def get(self, indices) -> list[dict[str, Any]]:
-        return self._reader.get(list(indices))
+        return self._reader.get([self._row[i] for i in indices])
 
     def close(self) -> None:
         self._reader.close()
