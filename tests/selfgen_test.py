@@ -392,3 +392,8 @@ def test_cli_shards_and_merge_equal_one_worker(tmp_path, sp_model_path, capsys):
                        for r in records.read_array_record(p)), key=lambda r: r["id"])
     a, b = recs(one, "conversations-*"), recs(two, "conversations-*")
     assert len(a) == 12 and a == b
+    assert main(["build", f"--out={one}", f"--tokenizer={sp_model_path}", "--preset=paper6k",
+                 "--per-task=1", "--tasks=single_qa,code"] + sets) == 0
+    man = json.load(open(os.path.join(one, "paper6k", "manifest-00000-of-00001.json")))
+    assert man["samples"]["per_task"] == {"single_qa": 1, "code": 1}
+    assert man["spec"]["lo"] == 1024 and man["spec"]["hi"] == 8192

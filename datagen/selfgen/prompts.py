@@ -23,8 +23,9 @@ part of every cache key (through the prompt text).
 from __future__ import annotations
 
 import json
-import re
-import string
+
+# Templates are filled and read back exactly as the He et al. prompts are.
+from datagen.prompts import _pattern, render  # noqa: F401 - render is this module's API too
 
 PROMPT_VERSION = "li2025-sec2.1/1"
 
@@ -145,11 +146,6 @@ CODE_ANSWER_GEN = _SNIPPET + "Answer this question about the function ${func} in
 CODE_SUMMARY_GEN = _SNIPPET + "Summarize and explain the function ${func}."
 
 
-def render(template: str, **fields: object) -> str:
-    """Fills a template; every `${name}` must be given (a missing field is a bug)."""
-    return string.Template(template).substitute({k: str(v) for k, v in fields.items()})
-
-
 def _schema(fields: dict[str, int], array: str = "", items: int = 0, item_chars: int = 0
             ) -> str:
     """A JSON Schema of required strings with length caps (chars). The caps make structured
@@ -181,18 +177,6 @@ TEMPLATES = {
     "code_call": CODE_CALL, "code_explain": CODE_EXPLAIN_GEN, "code_ask5": CODE_ASK5_GEN,
     "code_answer": CODE_ANSWER_GEN, "code_summary": CODE_SUMMARY_GEN,
 }
-
-
-def _pattern(template: str) -> re.Pattern[str]:
-    parts = re.split(r"\$\{(\w+)\}", template)
-    out, seen = [], set()
-    for i, p in enumerate(parts):
-        if i % 2 == 0:
-            out.append(re.escape(p))
-        else:  # a field used twice must match the same text twice
-            out.append(f"(?P={p})" if p in seen else f"(?P<{p}>.*)")
-            seen.add(p)
-    return re.compile("".join(out), re.DOTALL)
 
 
 _PATTERNS = {name: _pattern(t) for name, t in TEMPLATES.items()}
