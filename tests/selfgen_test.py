@@ -397,3 +397,36 @@ def test_cli_shards_and_merge_equal_one_worker(tmp_path, sp_model_path, capsys):
     man = json.load(open(os.path.join(one, "paper6k", "manifest-00000-of-00001.json")))
     assert man["samples"]["per_task"] == {"single_qa": 1, "code": 1}
     assert man["spec"]["lo"] == 1024 and man["spec"]["hi"] == 8192
+
+
+class _Corpus:
+    """A stand-in corpus: passages of very different lengths (long ones and one-word ones)."""
+
+    def __init__(self, texts):
+        self.texts, self.nouns = texts, [f"n{i}" for i in range(len(texts))]
+
+    def __len__(self):
+        return len(self.texts)
+
+    def get(self, indices):
+        return [{"noun": self.nouns[i], "text": self.texts[i]} for i in indices]
+
+
+def test_exact_fit_with_fillers_too_short_to_bridge_a_passage(sp_model_path, kjv_text):
+    """When dropping a passage leaves too little and adding one too much, the filler must
+    change (seen failing: the loop alternated drop/append until it gave up)."""
+    lines = [x for x in kjv_text.splitlines() if x.strip()][:4000]
+    texts = [" ".join(lines[i:i + 12]) if i % 2 else "Amen." for i in range(0, 1200, 3)]
+    corpus = _Corpus(texts)
+    L = assemble.Lengths(load_tokenizer(sp_model_path))
+    rng = random.Random(0)
+    for k in range(40):
+        block = tasks.Block("The relevant passage about the noun.", "n0", "answer")
+        content = tasks.Content("single_qa", ["n0"], [block], True, {0},
+                                lambda nums: (prompts.QA_PROMPT + "\n\nWhat?", "That.", {}),
+                                {})
+        target = rng.randrange(1500, 6000)
+        got = assemble.assemble(content, target, corpus, L, seed=k)
+        assert isinstance(got, assemble.Sample) and got.num_tokens == target
+        assert L.counter.exact([{"role": "user", "content": got.content},
+                                {"role": "assistant", "content": got.answer}]) == target

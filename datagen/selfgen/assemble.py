@@ -282,7 +282,7 @@ def assemble(content: Content, target: int, corpus, lengths: Lengths, seed: int,
     slots[filler_at] = "filler"
     # Each evaluation below changes the atoms in one place only (the filler, or slots near
     # the end), so `Atoms.set` re-counts little even for a 10M-token sample.
-    order = ("lo", "hi")
+    order, prev = ("lo", "hi"), None
     for _ in range(max_rounds):
         ftext, action = draw.texts[filler], None
         for which in order:
@@ -293,6 +293,16 @@ def assemble(content: Content, target: int, corpus, lengths: Lengths, seed: int,
             if which == "hi" and target > got:
                 action, hi_n = "append", got  # too few even with the whole filler
                 break
+        if action and prev and action != prev:
+            # Dropping one passage left too little, adding one too much: the filler is
+            # too short to bridge that gap. Take the longest of the next few as filler.
+            more = draw.next(8)
+            if not more:
+                return NoFit("corpus", target)
+            filler = max(more, key=lambda i: draw.tokens[i])
+            order, prev = ("lo", "hi"), None
+            continue
+        prev = action
         if action == "drop":  # drop the last distractor that is not the filler
             drop = [j for j, s in enumerate(slots) if isinstance(s, int)]
             if not drop:  # content + the smallest filler overshoot: no exact fit
