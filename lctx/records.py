@@ -76,6 +76,48 @@ def decode(data: bytes, where: str = "record") -> dict[str, Any]:
     return validate(rec, where)
 
 
+# ---- the plain input/output form ------------------------------------------------------
+# {"schema": "lctx.input_output/v1", "id": ..., "input": "<context + prompt>",
+#  "output": "<answer>", "meta": {...}}: what activation-beacon style training reads (loss on
+# the output only; the trainer joins the two). Written by datagen.selfgen beside each
+# conversation record with the same id and meta.
+IO_SCHEMA = "lctx.input_output/v1"
+
+
+def make_io_record(rid: str, input_text: str, output_text: str,
+                   meta: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Builds and validates an input/output record."""
+    return validate_io({"schema": IO_SCHEMA, "id": str(rid), "input": input_text,
+                        "output": output_text, "meta": dict(meta or {})})
+
+
+def validate_io(rec: Any, where: str = "record") -> dict[str, Any]:
+    """Checks an input/output record; raises RecordError naming the field."""
+    if not isinstance(rec, dict) or rec.get("schema") != IO_SCHEMA:
+        raise RecordError(f"{where}: not an {IO_SCHEMA!r} record (field 'schema' is "
+                          f"{rec.get('schema') if isinstance(rec, dict) else None!r})")
+    for k in ("id", "input", "output"):
+        if not isinstance(rec.get(k), str) or not rec[k]:
+            raise RecordError(f"{where}: field {k!r} must be a non-empty string")
+    if not isinstance(rec.get("meta", {}), dict):
+        raise RecordError(f"{where} {rec['id']!r}: field 'meta' must be an object")
+    return rec
+
+
+def encode_io(rec: dict[str, Any]) -> bytes:
+    """Canonical bytes of an input/output record."""
+    validate_io(rec)
+    return json.dumps(rec, ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode()
+
+
+def decode_io(data: bytes, where: str = "record") -> dict[str, Any]:
+    try:
+        rec = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise RecordError(f"{where}: not a UTF-8 JSON record ({e})") from e
+    return validate_io(rec, where)
+
+
 def _atomic_path(path: str) -> str:
     d = os.path.dirname(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)

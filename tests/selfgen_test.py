@@ -75,7 +75,7 @@ def test_every_sample_is_exact_inside_its_bucket_in_both_forms(dataset, sp_model
         assert io["output"] == c["messages"][1]["content"]
         assert io["meta"]["input_tokens"] == len(fmt.tok.encode(io["input"]))
         assert m["generator"] == offline.MODEL_NAME and m["nouns"]
-        store.validate_io(io)
+        records.validate_io(io)
 
 
 def _by_task(convs, task):
@@ -345,6 +345,11 @@ def test_bad_input_is_a_clear_error(tmp_path, sp_model_path, capsys):
         config.make_spec(bucket="16k-8k")
     with pytest.raises(ValueError, match="below the smallest possible sample"):
         config.make_spec(bucket="0-400")
+    with pytest.raises(records.RecordError, match="'output' must be a non-empty string"):
+        records.make_io_record("x", "the input", "")
+    with pytest.raises(records.RecordError, match="not an 'lctx.input_output/v1' record"):
+        records.decode_io(records.encode(records.make_record(
+            "c", [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}])))
     base = ["build", f"--out={tmp_path}", f"--tokenizer={sp_model_path}", "--no-progress"]
     cases = {
         "unknown task": base + ["--bucket=0-8k", "--tasks=qa"],

@@ -93,7 +93,7 @@ def build(out_dir: str, tokenizer_path: str, backend: Any, spec: Spec,
     conv_w = store.Writer(os.path.join(ddir, shard_name("conversations", shard, num_shards,
                                                         "arrayrecord")), records.encode)
     io_w = store.Writer(os.path.join(ddir, shard_name("io", shard, num_shards,
-                                                      "arrayrecord")))
+                                                      "arrayrecord")), records.encode_io)
     done: collections.Counter[str] = collections.Counter()
     skipped: collections.Counter[str] = collections.Counter()
     lens: dict[str, list[int]] = collections.defaultdict(list)
@@ -129,7 +129,7 @@ def build(out_dir: str, tokenizer_path: str, backend: Any, spec: Spec,
                 conv_w.write(records.make_record(rid, [
                     {"role": "user", "content": got.content},
                     {"role": "assistant", "content": got.answer}], meta))
-                io_w.write(store.make_io_record(rid, got.content, got.answer, {
+                io_w.write(records.make_io_record(rid, got.content, got.answer, {
                     **meta, "input_tokens": got.content_tokens,
                     "output_tokens": lengths.count([got.answer.strip()])[0]}))
                 done[it["task"]] += 1

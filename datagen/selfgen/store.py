@@ -1,9 +1,9 @@
 """ArrayRecord files of JSON objects: streamed writers that appear atomically, and readers
 with random access (what the passage corpus and the input/output records need).
 
-Conversation records are encoded by `lctx.records.encode` (the trainer's schema); the other
-kinds here are canonical JSON too (sorted keys, no whitespace): equal objects, equal bytes,
-so reruns are byte-identical. A writer streams to a hidden temp file next to its target and
+Conversation and input/output records are encoded by `lctx.records` (the schemas training
+reads); passages are canonical JSON too (sorted keys, no whitespace): equal objects, equal
+bytes, so reruns are byte-identical. A writer streams to a hidden temp file next to its target and
 renames it into place on `commit`, so a killed run never leaves a half-written file under
 the real name; `remove_stale_tmp` clears what a killed run of the same shard left.
 """
@@ -14,33 +14,8 @@ import json
 import os
 from typing import Any, Callable, Iterator, Sequence
 
-# The plain input/output form (activation-beacon training reads it: loss on `output` only).
-IO_SCHEMA = "lctx.input_output/v1"
-
-
 def canonical(obj: Any) -> bytes:
     return json.dumps(obj, ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode()
-
-
-def make_io_record(rid: str, input_text: str, output_text: str, meta: dict[str, Any]
-                   ) -> dict[str, Any]:
-    """An input/output record: `input` is the whole context + prompt, `output` the answer."""
-    if not input_text or not output_text:
-        raise ValueError(f"io record {rid!r}: input and output must be non-empty")
-    return {"schema": IO_SCHEMA, "id": rid, "input": input_text, "output": output_text,
-            "meta": dict(meta)}
-
-
-def validate_io(rec: Any, where: str = "record") -> dict[str, Any]:
-    """Checks an input/output record; raises ValueError naming the field."""
-    if not isinstance(rec, dict) or rec.get("schema") != IO_SCHEMA:
-        raise ValueError(f"{where}: not a {IO_SCHEMA} record")
-    for k in ("id", "input", "output"):
-        if not isinstance(rec.get(k), str) or not rec[k]:
-            raise ValueError(f"{where}: field {k!r} must be a non-empty string")
-    if not isinstance(rec.get("meta"), dict):
-        raise ValueError(f"{where}: field 'meta' must be an object")
-    return rec
 
 
 def tmp_path(path: str) -> str:
