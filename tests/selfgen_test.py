@@ -435,3 +435,35 @@ def test_exact_fit_with_fillers_too_short_to_bridge_a_passage(sp_model_path, kjv
         assert isinstance(got, assemble.Sample) and got.num_tokens == target
         assert L.counter.exact([{"role": "user", "content": got.content},
                                 {"role": "assistant", "content": got.answer}]) == target
+
+
+class _Flaky(offline.OfflineGenerator):
+    """Fails the first time it sees every third prompt (a transient backend error)."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = set()
+
+    def _one(self, req):
+        prompt = req.messages[-1][1]
+        if prompt not in self.seen and len(self.seen) % 3 == 0:
+            self.seen.add(prompt)
+            return offline.Completion("", "error", "HTTP 503: try later")
+        self.seen.add(prompt)
+        return super()._one(req)
+
+
+def test_rerun_after_transient_errors_is_byte_identical(tmp_path, sp_model_path):
+    """Recorded errors are replayed as their attempt's outcome, so a rerun walks the same
+    retry path (seen failing when errors are sent again: attempt 0 then succeeds and the
+    passage differs)."""
+    spec = config.make_spec(bucket="0-8k", per_task=1)
+    cfg = config.SelfGenConfig(num_nouns=120)
+    first = _build(tmp_path, sp_model_path, spec, cfg, gen=_Flaky())
+    assert first[0]["calls"].get("retried_ok", 0) > 0
+    corpus = (tmp_path / "passages" / "passages-00000-of-00001.arrayrecord").read_bytes()
+    (tmp_path / "0-8k" / "manifest-00000-of-00001.json").unlink()
+    (tmp_path / "passages" / "manifest-00000-of-00001.json").unlink()
+    again = _build(tmp_path, sp_model_path, spec, cfg)  # a backend that never fails
+    assert again[1] == first[1] and again[2] == first[2]
+    assert (tmp_path / "passages" / "passages-00000-of-00001.arrayrecord").read_bytes() == corpus

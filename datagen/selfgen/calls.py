@@ -8,7 +8,10 @@ batches, and every call goes through the crash-safe cache (`datagen.cache.Cached
 a rerun after a crash re-sends nothing that completed.
 
 A call whose output does not parse is retried with a seed derived from its own seed and the
-attempt number, so reruns draw the same retries. What each attempt got wrong is kept in the
+attempt number, so reruns draw the same retries; a backend error the cache recorded is
+replayed as that attempt's outcome (as `datagen.qa.Caller` does), so a rerun after transient
+failures walks the same retry path and writes the same bytes; only a call whose every
+attempt is a recorded error is sent afresh. What each attempt got wrong is kept in the
 outcome (e.g. the SyntaxError of generated code) for the sample's metadata.
 """
 from __future__ import annotations
@@ -65,17 +68,34 @@ class Runner:
                        seed=(call.seed + 7919 * attempt) & 0x7FFFFFFF,
                        json_schema=call.json_schema)
 
+    def _fresh(self, calls: Sequence[Call]) -> set[int]:
+        """Calls whose every attempt is a recorded error: sent again, not replayed."""
+        if not getattr(self.gen, "recorded_errors", 0):
+            return set()
+        return {i for i, c in enumerate(calls)
+                if all(self.gen.recorded_error(self.request(c, k))
+                       for k in range(self.max_attempts))}
+
+    def _answers(self, reqs: list, replay: list[bool]) -> list:
+        if not hasattr(self.gen, "stream"):
+            return self.gen.generate(reqs)
+        out = [None] * len(reqs)
+        for j, c in self.gen.stream(reqs, replay_errors=replay):
+            out[j] = c
+            if self.on_calls:
+                self.on_calls(1)  # progress moves with every finished call
+        return out
+
     def calls(self, calls: Sequence[Call]) -> list[Outcome]:
         """Every call, retried until it parses or runs out of attempts; order kept."""
         out = [Outcome(None, 0, []) for _ in calls]
-        pending = list(range(len(calls)))
+        pending, fresh = list(range(len(calls))), self._fresh(calls)
         for attempt in range(self.max_attempts):
             if not pending:
                 break
-            comps = self.gen.generate([self.request(calls[i], attempt) for i in pending])
+            comps = self._answers([self.request(calls[i], attempt) for i in pending],
+                                  [i not in fresh for i in pending])
             self.stats["calls"] += len(pending)
-            if self.on_calls:
-                self.on_calls(len(pending))
             retry = []
             for i, c in zip(pending, comps):
                 out[i].attempts += 1
