@@ -40,7 +40,7 @@ def get_config(arg=None):
         c.attn.update(impl="ring", block_q=1024, block_k=1024)
         c.mesh.update(data=1, fsdp=-1, context=8, tensor=1)
         c.opt.update(lr=2e-5, warmup_steps=10, schedule="cosine")
-        lens, steps = (16384, 32768, 65536), (100, 60, 40)
+        lens, steps = (16384, 32768, 65536), (-1, -1, -1)
         ropes = [common.rope(**common.LLAMA31_ROPE)] * 3
     else:
         # head_dim 32: the smallest vLLM's CPU attention serves (ENVIRONMENT.md).
@@ -53,9 +53,12 @@ def get_config(arg=None):
         c.mesh.update(data=-1, fsdp=1)
         c.opt.update(lr=3e-3, warmup_steps=2)
         lens = (1024, 1536, 2048) if smoke else (1024, 2048, 4096)
-        steps = (4, 2, 2) if smoke else (200, 40, 20)
+        # The seed stage a fixed number of steps; every generated stage one epoch of what
+        # its generator wrote (steps=-1), however many samples survived.
+        steps = (4, -1, -1) if smoke else (200, -1, -1)
         ropes = [common.rope(theta=10_000.0 * 4 ** i) for i in range(3)]
-    c.data.update(batch_size=8 if gpu else 2 if smoke else 4, overlong="truncate")
+    c.data.update(batch_size=8 if gpu else 2 if smoke else 4, overlong="truncate",
+                  epochs=1 if smoke else 2)
     c.ckpt.update(every_steps=50, keep=2, async_save=gpu)
     c.log.update(progress=not smoke)
     first = 0 if not gpu else 1  # the GPU variant starts from init_from: no seed stage
