@@ -194,8 +194,13 @@ class _Draw:
         self.order = np.random.default_rng(seed).permutation(len(corpus))
         self.at = 0
         self.tokens: dict[int, int] = {}   # tokens of the passage's atom
-        self.texts: dict[int, str] = {}
         self.atoms: dict[int, str] = {}    # the same string objects every layout
+        self.tail = SEP if lengths.sep_left else ""
+
+    def text(self, i: int) -> str:
+        """Passage i's text (its atom without the separator; only the filler needs it)."""
+        a = self.atoms[i]
+        return a[:len(a) - len(self.tail)]
 
     def next(self, n: int) -> list[int]:
         out = []
@@ -204,10 +209,8 @@ class _Draw:
             self.at += 1
             if i not in self.exclude:
                 out.append(i)
-        got = self.corpus.get(out)
-        tail = SEP if self.L.sep_left else ""
-        for i, p in zip(out, got):
-            self.texts[i], self.atoms[i] = p["text"], p["text"] + tail
+        for i, p in zip(out, self.corpus.get(out)):
+            self.atoms[i] = p["text"] + self.tail
         for i, n_tok in zip(out, self.L.count([self.atoms[i] for i in out])):
             self.tokens[i] = n_tok
             self.counted.remember(self.atoms[i], n_tok)
@@ -284,7 +287,7 @@ def assemble(content: Content, target: int, corpus, lengths: Lengths, seed: int,
     # the end), so `Atoms.set` re-counts little even for a 10M-token sample.
     order, prev = ("lo", "hi"), None
     for _ in range(max_rounds):
-        ftext, action = draw.texts[filler], None
+        ftext, action = draw.text(filler), None
         for which in order:
             got, _ = tokens(slots, ftext[:1] if which == "lo" else ftext)
             if which == "lo" and target < got:
@@ -336,7 +339,7 @@ def assemble(content: Content, target: int, corpus, lengths: Lengths, seed: int,
             "passages": sum(1 for s in slots if not isinstance(s, Block) or s.numbered),
             "distractors": len(dist) + 1, "distractor_corpus_indices": dist + [filler],
             "filler": {"corpus_index": filler, "slot": slots.index("filler"),
-                       "chars_kept": len(cut), "chars": len(draw.texts[filler])},
+                       "chars_kept": len(cut), "chars": len(draw.text(filler))},
             "boundaries_merged": atoms.ok.count(False), **task_meta}
     return Sample("".join(parts), answer, num, content_tokens,
                   lengths.counter.message("assistant", answer), meta)
