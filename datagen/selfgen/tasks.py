@@ -207,6 +207,9 @@ def code_task(corpus, rng: random.Random, seed: int, cfg: SelfGenConfig):
     vars_steps = [s for s in prog.steps if s["kind"] == "vars"]
     funcs = [s for s in prog.steps if s["kind"] == "func"]
     question = answer = None
+    if (kind == "explain_variable" and not vars_steps) or (
+            kind in ("function_qa", "summarize_function") and not funcs):
+        kind = qmeta["question_kind"] = "which_function"  # code_fallback off, no such step
     if kind == "explain_variable":
         step = rng.choice(vars_steps)
         v = rng.choice(step["defines"])
