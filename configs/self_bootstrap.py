@@ -98,7 +98,7 @@ def get_config(arg=None):
                  max_tokens_passage="48", max_tokens_qa="128", json_max_chars="10",
                  max_tokens_code="48", summary_words="20", code_steps="3,3",
                  max_attempts="1") if smoke else
-            dict(num_nouns="2000", passage_words="120", max_tokens_passage="256",
+            dict(num_nouns="600", passage_words="120", max_tokens_passage="256",
                  max_tokens_qa="192", json_max_chars="80") if not gpu else
             dict(num_nouns="0")),
     ))
