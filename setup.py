@@ -31,7 +31,7 @@ setup(
     version="0.1.0",
     description="Million-token context extension for instruction-tuned LLMs (JAX/Flax).",
     python_requires=">=3.11",
-    packages=find_packages(include=["lctx*", "datagen*", "evals*"]),
+    packages=find_packages(include=["lctx*", "datagen*", "evals*", "demo*"]),
     package_data={"evals": ["longbench/config/*.json"]},  # LongBench's prompts, verbatim
     install_requires=TRAIN,
     extras_require={"hf": HF, "datagen": DATAGEN, "eval": EVAL, "cuda": CUDA12,

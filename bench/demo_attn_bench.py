@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.model_bench import make_batch, time_lctx  # noqa: E402
 from configs import demo  # noqa: E402
-from lctx.trainer import model_config  # noqa: E402
+from lctx import run as run_lib  # noqa: E402
 
 
 def main():
@@ -33,12 +33,14 @@ def main():
     p.add_argument("--steps", type=int, default=4, help="timed steps per setting (median)")
     a = p.parse_args()
     cfg = demo.get_config()
+    run = run_lib.Run(cfg, "runs/demo")
+    stage = run.stage(run.stages[0])  # the model all stages share (RoPE aside)
     batch_size = int(cfg.data.batch_size)
     print(f"demo model: d_model={cfg.model.d_model} layers={cfg.model.n_layers} "
           f"batch={batch_size}; median step time over {a.steps} steps")
     print(f"{'T':>6} {'attention':<16} {'s/step':>8} {'tokens/s':>9} {'vs dense':>9}")
     for T in (int(x) for x in a.lengths.split(",")):
-        base = dataclasses.replace(model_config(cfg, cfg.rope), max_seq_len=T)
+        base = dataclasses.replace(stage.model, max_seq_len=T)
         batch = make_batch(batch_size, T, base.vocab_size)
         dense_s, _ = time_lctx(dataclasses.replace(base, attn_impl="dense"), batch, a.steps)
         print(f"{T:>6} {'dense':<16} {dense_s:>8.3f} {batch_size * T / dense_s:>9.0f} "

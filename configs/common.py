@@ -70,6 +70,7 @@ def base_config() -> mc.ConfigDict:
     """Every field of a run with its unit; presets override what they need."""
     c = mc.ConfigDict()
     c.seed = 0  # PRNG seed for init and dropout-free training noise (data has its own)
+    c.entry = ""  # 'module:function(cfg, workdir)' lctx.train runs instead of the trainer
     c.model = mc.ConfigDict(dict(TINY))
     c.model.max_seq_len = 2048  # largest T the model accepts, in tokens (stages must fit)
     c.model.dtype = "float32"  # compute dtype of activations (bfloat16 on GPU)

@@ -4,7 +4,7 @@ Command (from the repository root; builds everything it needs under the workdir)
     python3 -m lctx.train --config=configs/demo.py --workdir=runs/demo
 Variants: `configs/demo.py:smoke` (CI: a few minutes; `quick` is the same).
 
-Phases (lctx/demo.py; each is cached under the workdir and skipped on a rerun, also after
+Phases (demo/pipeline.py; each is cached under the workdir and skipped on a rerun, also after
 kill -9): KJV passages -> SentencePiece tokenizer -> per stage data -> s0_copy, a copy
 stage standing in for pretraining ("Repeat: X" -> X over random pieces and digits: the
 induction/copy skill every retrieval needs, which a tiny model does not pick up from
@@ -34,6 +34,7 @@ def get_config(arg=None):
         raise ValueError(f"demo variant {a.variant!r}; expected full or smoke")
     full = a.variant == "full"
     c = common.base_config()
+    c.entry = "demo.pipeline:run"  # the demo package's phases (lctx.train imports it by name)
     c.model.update(vocab_size=1024, d_model=128 if full else 32, n_layers=2, n_heads=4,
                    n_kv_heads=2, head_dim=32 if full else 8, mlp_dim=256 if full else 64)
     c.model.max_seq_len = 1536 if full else 768
@@ -42,8 +43,8 @@ def get_config(arg=None):
     # is 1.25x (384), 1.74x (768) and 2.31x (1536 tokens) faster than dense attention
     # (bench/demo_attn_bench.py); the evaluations prefill with the same blocks.
     c.attn.update(impl="blockwise", block_q=128, block_k=128)
-    # Paths and tokenizer: filled in by lctx.demo. Its stages read their (packed) data up to
-    # twice: the demo builds about 1.3 passes' worth of rows per stage on purpose.
+    # Paths and tokenizer: filled in by demo.pipeline. By design (demo.epochs, the shares) a
+    # stage's steps need more packed rows than one pass over its records gives: up to two.
     c.data.update(batch_size=8, epochs=2)
     c.opt.update(lr=3e-3, warmup_steps=30 if full else 2, schedule="cosine", end_lr_frac=0.1,
                  clip_norm=1.0)

@@ -4,12 +4,14 @@ never a part. JAX-free, so `datagen` and `evals` may use it too.
     atomic_write(path, text_or_bytes)          # small files: JSON, text, markers
     with atomic_output(path) as tmp:           # writers that need a path (ArrayRecord, PNG)
         writer(tmp)
+    for rec in json_lines(path): ...           # a JSON-lines log, a killed run's cut line skipped
 """
 from __future__ import annotations
 
 import contextlib
+import json
 import os
-from typing import Iterator
+from typing import Any, Iterator
 
 
 def temp_path(path: str) -> str:
@@ -38,3 +40,16 @@ def atomic_write(path: str, data: str | bytes) -> None:
     with atomic_output(path) as tmp:
         with open(tmp, "wb") as f:
             f.write(data.encode("utf-8") if isinstance(data, str) else data)
+
+
+def json_lines(path: str) -> Iterator[Any]:
+    """The JSON values of a JSON-lines log, skipping a line cut short by a killed writer
+    (nothing when the file does not exist)."""
+    if not os.path.exists(path):
+        return
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError:
+                continue

@@ -93,18 +93,10 @@ class MetricWriter:
 
     def rewind(self, stage: str, step: int) -> None:
         """Drops the lines of `stage` at steps >= `step` (and lines cut by a kill)."""
-        if not os.path.exists(self.path):
-            return
-        keep = []
-        with open(self.path, encoding="utf-8") as f:
-            for line in f:
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # the last line of a killed run may be cut short
-                if not (rec.get("stage") == stage and rec.get("step", -1) >= step):
-                    keep.append(line if line.endswith("\n") else line + "\n")
-        files.atomic_write(self.path, "".join(keep))
+        if os.path.exists(self.path):
+            keep = [json.dumps(r) + "\n" for r in files.json_lines(self.path)
+                    if not (r.get("stage") == stage and r.get("step", -1) >= step)]
+            files.atomic_write(self.path, "".join(keep))
 
     # ---- records ---------------------------------------------------------------------
     def _append(self, stage: str, step: int, values: dict) -> None:

@@ -16,6 +16,8 @@ import json
 import os
 from typing import Any, Iterable, Iterator
 
+from lctx import files
+
 SCHEMA = "lctx.conversation/v1"
 ROLES = ("system", "user", "assistant")
 
@@ -118,25 +120,18 @@ def decode_io(data: bytes, where: str = "record") -> dict[str, Any]:
     return validate_io(rec, where)
 
 
-def _atomic_path(path: str) -> str:
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    return os.path.join(d, f".{os.path.basename(path)}.tmp-{os.getpid()}")
-
-
 def write_array_record(path: str, records: Iterable[dict[str, Any]]) -> int:
     """Writes records to one ArrayRecord shard atomically (temp file + rename); returns count."""
     from array_record.python.array_record_module import ArrayRecordWriter
-    tmp = _atomic_path(path)
     n = 0
-    writer = ArrayRecordWriter(tmp, "group_size:1")
-    try:
-        for rec in records:
-            writer.write(encode(rec))
-            n += 1
-    finally:
-        writer.close()
-    os.replace(tmp, path)
+    with files.atomic_output(path) as tmp:
+        writer = ArrayRecordWriter(tmp, "group_size:1")
+        try:
+            for rec in records:
+                writer.write(encode(rec))
+                n += 1
+        finally:
+            writer.close()
     return n
 
 
@@ -155,13 +150,11 @@ def read_array_record(path: str) -> Iterator[dict[str, Any]]:
 
 def write_jsonl(path: str, records: Iterable[dict[str, Any]]) -> int:
     """Writes records as JSON lines atomically; returns count."""
-    tmp = _atomic_path(path)
     n = 0
-    with open(tmp, "wb") as f:
+    with files.atomic_output(path) as tmp, open(tmp, "wb") as f:
         for rec in records:
             f.write(encode(rec) + b"\n")
             n += 1
-    os.replace(tmp, path)
     return n
 
 

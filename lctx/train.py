@@ -10,6 +10,7 @@ job from the environment; elsewhere pass --coordinator_address, --num_processes 
 """
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import os
@@ -57,6 +58,21 @@ def log_layout(cfg) -> None:
     logging.info("config:\n%s", cfg)
 
 
+def entry_point(cfg):
+    """What runs a config: `cfg.entry` ('module:function(cfg, workdir)', imported now, by
+    name) when the config names one, else `lctx.trainer.train_and_evaluate`. This is how
+    configs/demo.py runs the demo package without lctx importing it."""
+    name = cfg.get("entry", "")
+    if not name:
+        return trainer.train_and_evaluate
+    module, _, fn = name.partition(":")
+    try:
+        return getattr(importlib.import_module(module), fn)
+    except (ImportError, AttributeError) as e:
+        raise run_lib.ConfigError(f"entry={name!r} cannot be loaded ({e}); give "
+                                  "'module:function' of an importable module") from e
+
+
 def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
@@ -71,11 +87,7 @@ def main(argv) -> None:
     init_distributed()
     log_layout(cfg)
     try:
-        if "demo" in cfg:  # configs/demo.py: the end-to-end pipeline (data, stages, RULER)
-            from lctx import demo
-            results = demo.run(cfg, workdir)
-        else:
-            results = trainer.train_and_evaluate(cfg, workdir)
+        results = entry_point(cfg)(cfg, workdir)
     except (run_lib.ConfigError, data_lib.DataError, records.RecordError) as e:
         # A mistake in the config or the data: the message names the field and the fix.
         logging.error("%s", e)

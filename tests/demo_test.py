@@ -1,4 +1,4 @@
-"""lctx.demo: the end-to-end miniature (configs/demo.py). Fast tests of its pieces; one slow
+"""The demo package: the end-to-end miniature (configs/demo.py). Fast tests of its pieces; one slow
 test runs the smoke variant, kills it with SIGKILL after the first stage, resumes it, checks
 every artefact and that a third run redoes nothing."""
 import json
@@ -11,7 +11,8 @@ import time
 
 import pytest
 
-from lctx import demo, demo_data, demo_ruler
+from demo import data as demo_data
+from demo import pipeline as demo
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -29,7 +30,7 @@ def test_phases_run_once_and_markers_are_atomic(tmp_path, caplog):
     assert ph.run("x", lambda: calls.append(1) or {"v": 1}) == {"v": 1}
     assert demo.Phases(str(tmp_path)).run("x", lambda: calls.append(2) or {"v": 2}) == {"v": 1}
     assert calls == [1]
-    with caplog.at_level(logging.WARNING, logger="lctx.demo"):
+    with caplog.at_level(logging.WARNING, logger="demo"):
         demo.Phases(str(tmp_path), "another-config").run("x", lambda: {"v": 3})
     assert "another config" in caplog.text
     assert sorted(os.listdir(tmp_path / "phases")) == ["x.json"]  # no temp files left
@@ -53,15 +54,14 @@ def test_short_ruler_fits_and_hides_the_needle(sp_model_path):
     tok = load_tokenizer(sp_model_path)
     counter = PieceCounter(tok)
     for task in ("niah_single_1", "niah_single_2", "niah_multikey_2"):
-        samples = demo_ruler.prepare(task, 384, 3, tok, counter, demo_data.CHAT_SPLIT_TEMPLATE,
-                                     seed=42)
+        samples = demo_data.ruler_samples(task, 384, 3, tok, counter, seed=42)
         for s in samples:
             user, prefix = demo_data.split_prompt(s["input"])
-            assert s["length"] <= 384 and len(tok.encode(s["input"])) + demo_ruler.RESERVE <= 384
+            assert s["length"] <= 384 and len(tok.encode(s["input"])) + demo_data.RESERVE <= 384
             assert all(f"is: {a}." in user for a in s["outputs"])  # the needle is in the text
             assert prefix.startswith("The special magic number")
     with pytest.raises(ValueError, match="unsupported"):
-        demo_ruler.prepare("vt", 384, 1, tok, counter, demo_data.CHAT_SPLIT_TEMPLATE, 0)
+        demo_data.ruler_samples("vt", 384, 1, tok, counter, 0)
 
 
 def test_training_records_match_the_eval_prompt(sp_model_path, tmp_path):
@@ -84,8 +84,7 @@ def test_training_records_match_the_eval_prompt(sp_model_path, tmp_path):
     fmt = ChatFormat(load_tokenizer(sp_model_path))
     # The same generator and seed as the training shard's first cell, prepared for eval.
     tok = ruler_tok(sp_model_path)
-    evals_ = demo_ruler.prepare("niah_single_1", 384, 2, tok, PieceCounter(tok),
-                                demo_data.CHAT_SPLIT_TEMPLATE, seed=7)
+    evals_ = demo_data.ruler_samples("niah_single_1", 384, 2, tok, PieceCounter(tok), seed=7)
     runner = demo.ChatPromptRunner(Capture(), sp_model_path)
     runner.generate([s["input"] for s in evals_], 32)
     recs = list(records.read_array_record(path))

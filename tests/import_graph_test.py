@@ -14,15 +14,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGES = ("lctx", "datagen", "evals", "configs", "launch", "bench", "demo")
 JAX = {"jax", "jaxlib", "flax", "optax", "orbax", "grain"}
-JAX_FREE = ("lctx", "lctx.records", "lctx.corpora", "lctx.tokenizer")
-# Known violations being removed (issue 11 / 12); an entry that no longer violates fails
-# test_pending_lists_are_current, so the lists only shrink.
-PENDING_UPWARD = {"lctx.train": "dispatches to lctx.demo (issue 12)",
-                  "lctx.demo": "the demo moves to its own package (issue 12)",
-                  "lctx.demo_data": "the demo moves to its own package (issue 12)",
-                  "lctx.demo_report": "the demo moves to its own package (issue 12)",
-                  "lctx.demo_ruler": "the demo moves to its own package (issue 12)"}
-PENDING_CYCLES = {("lctx.demo", "lctx.demo_report"): "the demo moves (issue 12)"}
+JAX_FREE = ("lctx", "lctx.records", "lctx.corpora", "lctx.tokenizer", "lctx.files")
 
 
 def _modules() -> dict[str, str]:
@@ -118,13 +110,14 @@ def cycles() -> list[tuple[str, ...]]:
 LCTX = sorted(m for m in MODULES if m.split(".")[0] == "lctx")
 
 
-def test_the_graph_sees_lazy_imports():
+def test_the_graph_sees_lazy_imports_and_the_demo():
     # lctx.data imports lctx.ring_attention inside a function: the graph must see it.
     assert "lctx.ring_attention" in GRAPH["lctx.data"][0]
     assert "lctx.trainer" in MODULES and len(LCTX) > 10
+    assert {"evals.ruler.run", "lctx.trainer"} <= reach("demo.pipeline")
 
 
-@pytest.mark.parametrize("name", [m for m in LCTX if m not in PENDING_UPWARD])
+@pytest.mark.parametrize("name", LCTX)
 def test_lctx_imports_nothing_above_it(name):
     assert upward(name) == [], f"{name} reaches {upward(name)}: lctx must not import them"
 
@@ -137,11 +130,5 @@ def test_jax_free_modules_never_reach_jax(name):
 
 
 def test_no_import_cycles():
-    found = [c for c in cycles() if c not in PENDING_CYCLES]
-    assert found == [], f"import cycles: {found}"
+    assert cycles() == [], f"import cycles: {cycles()}"
 
-
-def test_pending_lists_are_current():
-    fixed = [m for m in PENDING_UPWARD if m not in MODULES or not upward(m)]
-    fixed += [c for c in PENDING_CYCLES if c not in cycles()]
-    assert fixed == [], f"fixed: remove {fixed} from the PENDING lists of this test"

@@ -24,14 +24,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
-def demo_data(tmp_path_factory, sp_model_path):
+def qa_data(tmp_path_factory, sp_model_path):
     d = tmp_path_factory.mktemp("recs")
     recs = tiny_runs.qa_records(120, seed=0)
     return tiny_runs.write_shards(str(d), recs), sp_model_path
 
 
-def tiny_config(demo_data, s1=4, s2=0, every=2):
-    path, tok = demo_data
+def tiny_config(qa_data, s1=4, s2=0, every=2):
+    path, tok = qa_data
     c = common.base_config()
     c.model.update(vocab_size=1024, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2,
                    head_dim=8, mlp_dim=64, max_seq_len=512)
@@ -79,9 +79,9 @@ def get_config(arg=None):
 """
 
 
-def cli(workdir, demo_data, *extra):
+def cli(workdir, qa_data, *extra):
     """The real entry point on a tiny two-stage config file (written next to the workdir)."""
-    path, tok = demo_data
+    path, tok = qa_data
     cfg_file = os.path.join(os.path.dirname(workdir), "tiny_cfg.py")
     with open(cfg_file, "w") as f:
         f.write(CLI_CONFIG.format(path=path, tok=tok))
@@ -96,10 +96,10 @@ def _env(n_devices=1, **kw):
 
 
 @pytest.mark.slow
-def test_kill9_then_resume_is_bit_identical(tmp_path, demo_data):
+def test_kill9_then_resume_is_bit_identical(tmp_path, qa_data):
     ref, run = tmp_path / "ref", tmp_path / "run"
-    subprocess.run(cli(ref, demo_data), cwd=ROOT, env=_env(), check=True, capture_output=True)
-    p = subprocess.Popen(cli(run, demo_data), cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
+    subprocess.run(cli(ref, qa_data), cwd=ROOT, env=_env(), check=True, capture_output=True)
+    p = subprocess.Popen(cli(run, qa_data), cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
                          stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while time.time() < deadline:  # kill once step 4 of s1 is saved and s1 goes on
@@ -109,7 +109,7 @@ def test_kill9_then_resume_is_bit_identical(tmp_path, demo_data):
     p.send_signal(signal.SIGKILL)
     p.wait()
     assert not os.path.isdir(run / "ckpt" / "s2"), "killed too late to test a mid-stage resume"
-    subprocess.run(cli(run, demo_data), cwd=ROOT, env=_env(), check=True, capture_output=True)
+    subprocess.run(cli(run, qa_data), cwd=ROOT, env=_env(), check=True, capture_output=True)
     want, got = losses(ref), losses(run)
     assert sorted(want) == sorted(got) and len(want) == 9
     assert got == want  # exact: same bits after kill -9 and resume
@@ -118,7 +118,7 @@ def test_kill9_then_resume_is_bit_identical(tmp_path, demo_data):
     assert sorted(steps) == sorted(want)
 
 
-def test_two_stages_checkpoint_and_use_their_rope(tmp_path, demo_data, monkeypatch):
+def test_two_stages_checkpoint_and_use_their_rope(tmp_path, qa_data, monkeypatch):
     from lctx import checkpoint as ckpt_lib, rope as rope_lib
     used = []
     real = rope_lib.cos_sin
@@ -128,7 +128,7 @@ def test_two_stages_checkpoint_and_use_their_rope(tmp_path, demo_data, monkeypat
         return real(rope, positions_BT, head_dim, seq_len)
 
     monkeypatch.setattr(rope_lib, "cos_sin", spy)
-    cfg = tiny_config(demo_data, s1=3, s2=2)
+    cfg = tiny_config(qa_data, s1=3, s2=2)
     cfg.stages.s1.export_hf = cfg.stages.s2.export_hf = True
     cfg.eval.update(every_steps=2, batches=1)
     trainer.train_and_evaluate(cfg, str(tmp_path))
@@ -175,13 +175,13 @@ def test_two_stages_checkpoint_and_use_their_rope(tmp_path, demo_data, monkeypat
         assert os.listdir(tmp_path / "tb" / name)[0].startswith("events.out.tfevents")
 
 
-def test_loss_ignores_non_answer_targets(demo_data):
-    cfg = tiny_config(demo_data)
+def test_loss_ignores_non_answer_targets(qa_data):
+    cfg = tiny_config(qa_data)
     mcfg = trainer.model_config(cfg, cfg.stages.s1.rope)
     from lctx import model as model_lib
     model = model_lib.Llama(mcfg, rngs=nnx.Rngs(0))
     graphdef, params = nnx.split(model, nnx.Param)
-    path, tok = demo_data
+    path, tok = qa_data
     ds = data.make_dataset(data.resolve_paths(path), data.render_fn_from_tokenizer(tok),
                            seq_len=256, batch_size=2)
     b = {k: jnp.asarray(v) for k, v in next(iter(ds)).items()}
@@ -205,16 +205,16 @@ def test_loss_ignores_non_answer_targets(demo_data):
     assert diff > 1e-3
 
 
-def test_sequence_sharded_ring_matches_unsharded(tmp_path, demo_data):
+def test_sequence_sharded_ring_matches_unsharded(tmp_path, qa_data):
     """8 simulated devices on the context axis (ring attention, zigzag data) vs 8-way FSDP.
 
     Step 0's loss is the forward alone; step 1's follows one identical-up-to-rounding update.
     Later steps are not compared: Adam turns ulp-level gradient differences on near-zero
     coordinates into lr-sized steps, so runs drift apart chaotically.
     """
-    base = tiny_config(demo_data, s1=2)
+    base = tiny_config(qa_data, s1=2)
     base.mesh.update(data=1, fsdp=-1)
-    ring = tiny_config(demo_data, s1=2)
+    ring = tiny_config(qa_data, s1=2)
     ring.mesh.update(data=1, fsdp=1, context=8)
     ring.attn.impl = "ring"
     a = trainer.train_and_evaluate(base, str(tmp_path / "dense"))
@@ -228,15 +228,15 @@ def test_sequence_sharded_ring_matches_unsharded(tmp_path, demo_data):
 
 @pytest.mark.multiprocess
 @pytest.mark.slow
-def test_two_processes_match_one(tmp_path, demo_data):
+def test_two_processes_match_one(tmp_path, qa_data):
     extra = ["--config.data.pack=False", "--config.stages.s1.steps=3",
              "--config.stages.s2.steps=1", "--config.mesh.data=-1"]
-    subprocess.run(cli(tmp_path / "one", demo_data, *extra), cwd=ROOT, env=_env(2),
+    subprocess.run(cli(tmp_path / "one", qa_data, *extra), cwd=ROOT, env=_env(2),
                    check=True, capture_output=True)
     with socket.socket() as s:
         s.bind(("localhost", 0))
         port = s.getsockname()[1]
-    procs = [subprocess.Popen(cli(tmp_path / "two", demo_data, *extra,
+    procs = [subprocess.Popen(cli(tmp_path / "two", qa_data, *extra,
                                   f"--coordinator_address=localhost:{port}",
                                   "--num_processes=2", f"--process_id={i}"),
                               cwd=ROOT, env=_env(1), stdout=subprocess.PIPE,
@@ -249,12 +249,12 @@ def test_two_processes_match_one(tmp_path, demo_data):
         assert abs(one[k] - two[k]) < 1e-6, (k, one[k], two[k])
 
 
-def test_bad_inputs(tmp_path, demo_data):
-    cfg = tiny_config(demo_data)
+def test_bad_inputs(tmp_path, qa_data):
+    cfg = tiny_config(qa_data)
     cfg.data.path = str(tmp_path / "nothing-*.arrayrecord")
     with pytest.raises(run_lib.ConfigError, match="data.path=.* matches no files"):
         trainer.train_and_evaluate(cfg, str(tmp_path / "w1"))
-    cfg = tiny_config(demo_data)
+    cfg = tiny_config(qa_data)
     cfg.stages.s1.seq_len = 1024
     with pytest.raises(run_lib.ConfigError,
                        match=r"stages.s1.seq_len=1024 exceeds model.max_seq_len"):
@@ -264,7 +264,7 @@ def test_bad_inputs(tmp_path, demo_data):
                                      {"role": "assistant", "content": "a"}])
     bad["messages"] = bad["messages"][:1]
     records.write_array_record(str(tmp_path / "bad.arrayrecord"), [bad] * 8)
-    cfg = tiny_config(demo_data, s1=1)  # one batch of the 8 bad records
+    cfg = tiny_config(qa_data, s1=1)  # one batch of the 8 bad records
     cfg.data.path = str(tmp_path / "bad.arrayrecord")
     with pytest.raises(records.RecordError, match="no non-empty assistant turn"):
         trainer.train_and_evaluate(cfg, str(tmp_path / "w3"))
@@ -272,29 +272,29 @@ def test_bad_inputs(tmp_path, demo_data):
     assert not os.path.exists(tmp_path / "w3" / "metrics.jsonl")
 
 
-def test_config_typo_is_an_error(tmp_path, demo_data):
-    r = subprocess.run(cli(tmp_path / "w", demo_data, "--config.opt.lrr=1e-3"), cwd=ROOT,
+def test_config_typo_is_an_error(tmp_path, qa_data):
+    r = subprocess.run(cli(tmp_path / "w", qa_data, "--config.opt.lrr=1e-3"), cwd=ROOT,
                        env=_env(), capture_output=True, text=True)
     assert r.returncode != 0 and "lrr" in r.stderr
     assert not os.path.exists(tmp_path / "w")
 
 
-def test_config_error_is_a_message_not_a_traceback(tmp_path, demo_data):
-    r = subprocess.run(cli(tmp_path / "w", demo_data, "--config.ckpt.every_steps=0"), cwd=ROOT,
+def test_config_error_is_a_message_not_a_traceback(tmp_path, qa_data):
+    r = subprocess.run(cli(tmp_path / "w", qa_data, "--config.ckpt.every_steps=0"), cwd=ROOT,
                        env=_env(), capture_output=True, text=True)
     assert r.returncode == 2 and "ckpt.every_steps=0 must be >= 1" in r.stderr
     assert "Traceback" not in r.stderr and not os.path.exists(tmp_path / "w")
 
 
 def test_init_from_loads_hf_weights_into_shardings_without_random_init(
-        tmp_path, demo_data, monkeypatch):
+        tmp_path, qa_data, monkeypatch):
     from flax import nnx
 
     from lctx import hf
     from lctx.model import Llama, ModelConfig
     hf_dir = hf.export_hf(Llama(ModelConfig(**tiny_runs.TINY_MODEL), rngs=nnx.Rngs(7)),
-                          str(tmp_path / "hf"), tokenizer=demo_data[1])
-    cfg = tiny_config(demo_data)
+                          str(tmp_path / "hf"), tokenizer=qa_data[1])
+    cfg = tiny_config(qa_data)
     cfg.model.update(tiny_runs.TINY_MODEL)
     cfg.mesh.update(data=1, fsdp=-1)
     cfg.ckpt.init_from, cfg.data.tokenizer = hf_dir, ""  # the tokenizer comes from there too
@@ -315,10 +315,10 @@ def test_init_from_loads_hf_weights_into_shardings_without_random_init(
     assert max(len(x.sharding.device_set) for x in jax.tree.leaves(state["params"])) == 8
 
 
-def test_rerun_exports_a_finished_stage_and_refuses_more_steps(tmp_path, demo_data):
+def test_rerun_exports_a_finished_stage_and_refuses_more_steps(tmp_path, qa_data):
     """Killed between the final checkpoint and the export: the rerun exports and trains
     nothing; asking a finished stage for more steps is an error naming the field."""
-    cfg = tiny_config(demo_data, s1=1)
+    cfg = tiny_config(qa_data, s1=1)
     cfg.stages.s1.export_hf = True
     trainer.train_and_evaluate(cfg, str(tmp_path))
     exported = (tmp_path / "hf" / "s1" / "model.safetensors").read_bytes()

@@ -42,6 +42,11 @@ class Options:
       remove_newline_tab: collapse newlines/tabs/space runs in each finished prompt
         (the reference's --remove_newline_tab; the recorded length stays the original's).
       seed: RULER's random_seed (42).
+      reserve: tokens reserved for (and generated as) the answer instead of the task's
+        tokens_to_generate (128 for NIAH); short-length variant, None = RULER's.
+      step_words: grow essay haystacks by this many words per size-search step (RULER: 500)
+        and every other haystack by one unit; short-length variant, None = RULER's steps.
+        With `reserve` this lets NIAH prompts fit the few hundred tokens of a CPU demo.
     """
     chat_template: str = "base"
     search: str = "linear"
@@ -50,10 +55,25 @@ class Options:
     reserve_generation: bool = False
     remove_newline_tab: bool = False
     seed: int = 42
+    reserve: Optional[int] = None
+    step_words: Optional[int] = None
 
     def __post_init__(self):
         if self.search not in ("linear", "binary"):
             raise ValueError(f"search={self.search!r}: use 'linear' (2024) or 'binary' (2025)")
+        for name in ("reserve", "step_words"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise ValueError(f"{name}={v} must be >= 1 (or None for RULER's)")
+
+    def recorded(self) -> dict:
+        """The options as written into sample and results headers (the short-length fields
+        only when set, so RULER's own headers are unchanged)."""
+        out = dataclasses.asdict(self)
+        for name in ("reserve", "step_words"):
+            if out[name] is None:
+                del out[name]
+        return out
 
 
 class Family:

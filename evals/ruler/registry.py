@@ -63,7 +63,13 @@ def build_task(name: str, max_len: int, opts: Options, res: Resources) -> Family
         if not os.path.exists(path):
             raise TaskNotRunnable(f"{name} not run: {path} does not exist")
         kwargs = {"dataset": kwargs["dataset"], "loaded": _qa_data(kwargs["dataset"], path)}
-    return FAMILY_CLASSES[spec.family](name, max_len, opts, **kwargs)
+    fam = FAMILY_CLASSES[spec.family](name, max_len, opts, **kwargs)
+    if opts.reserve is not None:  # the short-length variant (Options.reserve / step_words)
+        fam.search = dataclasses.replace(fam.search, reserve=opts.reserve)
+    if opts.step_words is not None:
+        essay = getattr(fam, "hay", None) == "essay"
+        fam.search = dataclasses.replace(fam.search, incremental=opts.step_words if essay else 1)
+    return fam
 
 
 def settings(task: str, max_len: int, num_samples: int, opts: Options, res: Resources,
@@ -72,7 +78,7 @@ def settings(task: str, max_len: int, num_samples: int, opts: Options, res: Reso
     return {"task": task, "family": fam, "max_seq_length": max_len, "num_samples": num_samples,
             "tokens_to_generate": constants.FAMILIES[fam]["tokens_to_generate"],
             "metric": constants.METRIC[fam], "tokenizer": tokenizer_name,
-            "haystack": res.haystack_name(), "options": dataclasses.asdict(opts),
+            "haystack": res.haystack_name(), "options": opts.recorded(),
             "reference": "NVIDIA/RULER 2024 (230fddc)"}
 
 

@@ -6,7 +6,6 @@ results.json (lctx.ruler_results/v1).
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -79,12 +78,13 @@ def run(runner, *, model: str, tokenizer, tokenizer_name: str, lengths: Sequence
                 log.warning("%s", e)
                 continue
             pred_path = os.path.join(out, "preds", str(length), f"{task}.jsonl")
-            ttg = constants.FAMILIES[constants.TASKS[task].family]["tokens_to_generate"]
+            ttg = opts.reserve or constants.FAMILIES[constants.TASKS[task].family][
+                "tokens_to_generate"]
             done = predict_resumable(runner, samples, pred_path, ttg, list(stop), batch_size,
                                      desc=f"{task}@{length}")
             rows.setdefault(length, {})[task] = [done[s["index"]] for s in samples]
     settings = {"lengths": list(lengths), "tasks": list(tasks), "num_samples": num_samples,
-                "tokenizer": tokenizer_name, "options": dataclasses.asdict(opts),
+                "tokenizer": tokenizer_name, "options": opts.recorded(),
                 "haystack": res.haystack_name(), "reference": "NVIDIA/RULER 2024 (230fddc)"}
     doc = scoring.build_results(model, settings, rows, not_run)
     scoring.write_json(os.path.join(out, "results.json"), doc)

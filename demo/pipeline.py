@@ -2,6 +2,9 @@ r"""The end-to-end demo: He et al. 2025 in miniature on a CPU, resumable phase b
 
     python3 -m lctx.train --config=configs/demo.py --workdir=runs/demo
 
+(configs/demo.py names `demo.pipeline:run` as its entry point, so `lctx.train` runs this
+module without knowing it.)
+
 Phases (each ends by writing `<workdir>/phases/<phase>.json` atomically; a rerun, also after
 kill -9, skips every phase whose marker exists and resumes the one that was cut):
   corpus      KJV passages (or demo.corpus) -> corpus/docs.jsonl
@@ -12,22 +15,41 @@ kill -9, skips every phase whose marker exists and resumes the one that was cut)
   train-<s>   stage s (the first from scratch at the base length, each later one from the
               previous stage's final checkpoint with its own length and RoPE); the base
               model is the first stage after the copy stages
-  eval-<m>    RULER NIAH at demo.eval_lengths (lctx.demo_ruler) and the held-out NIAH
+  eval-<m>    RULER NIAH at demo.eval_lengths (evals.ruler, the short-length options of
+              demo.data.ruler_options) and the held-out NIAH
               answer loss at the base length and 4x, for: base, base + zero-shot RoPE
               scaling (the last stage's RoPE on the base weights) and every later stage
   report      results/*.json, ruler_curves.png, summary.txt/json, stage_metrics.json
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import time
 from typing import Any, Callable
 
-from lctx import demo_data
+import jax
+import ml_collections as mc
+import numpy as np
+from flax import nnx
 
-log = logging.getLogger("lctx.demo")
+from demo import data as demo_data
+from demo.report import report
+from evals.ruler import run as ruler_run
+from evals.ruler import scoring
+from evals.ruler.text import load_tokenizer as ruler_tokenizer
+from evals.runners.lctx_runner import LctxRunner
+from lctx import data as data_lib
+from lctx import files
+from lctx import rope as rope_lib
+from lctx import run as run_lib
+from lctx import step as step_lib
+from lctx import trainer
+from lctx.tokenizer import ChatFormat, load_tokenizer
+
+log = logging.getLogger("demo")
 
 
 # ---- phase markers ------------------------------------------------------------------------
@@ -65,7 +87,7 @@ class Phases:
         result = fn()
         secs = time.time() - t0
         done_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        demo_data._atomic_write(self.path(name), json.dumps(
+        files.atomic_write(self.path(name), json.dumps(
             {"phase": name, "config": self.fingerprint, "seconds": round(secs, 2),
              "finished": done_at, "result": result}, indent=1))
         self.ran.append(name)
@@ -83,20 +105,25 @@ def _names(s: str) -> list[str]:
 
 # ---- the run -------------------------------------------------------------------------------
 
-def run(cfg, workdir: str) -> dict[str, Any]:
-    """Runs (or resumes) every phase of the demo config `cfg` in `workdir`; returns the
-    summary (also in `<workdir>/summary.json`)."""
+def phases(cfg, workdir: str) -> Phases:
+    """The demo's phase markers in `workdir`, fingerprinted by the config."""
+    os.makedirs(workdir, exist_ok=True)
+    return Phases(workdir, hashlib.sha256(cfg.to_json(sort_keys=True).encode()).hexdigest()[:16])
+
+
+def prepare(cfg, workdir: str, ph: Phases | None = None):
+    """The inputs phases (corpus, tokenizer, every stage's data; cached in `workdir`) and
+    the trainer's config that reads them (bench/data_bench.py uses this too)."""
     d = cfg.demo
-    stages = sorted(cfg.stages.keys())
     n_copy = copy_stage_count(cfg)
+    stages = sorted(cfg.stages.keys())
     if len(stages) - n_copy < 2:
         raise ValueError(f"the demo needs a base stage and at least one extension stage after "
                          f"the demo.copy_stages={n_copy} copy stage(s); cfg.stages has "
                          f"{stages}")
-    os.makedirs(workdir, exist_ok=True)
-    import hashlib
-    ph = Phases(workdir, hashlib.sha256(cfg.to_json(sort_keys=True).encode()).hexdigest()[:16])
-    t_start = time.time()
+    demo_data.check_tasks(_names(d.eval_tasks), "demo.eval_tasks")
+    demo_data.check_tasks(_names(d.train_tasks), "demo.train_tasks")
+    ph = ph or phases(cfg, workdir)
     corpus = ph.run("corpus", lambda: demo_data.build_corpus(
         d.corpus, int(d.doc_words), int(d.max_docs), os.path.join(workdir, "corpus",
                                                                    "docs.jsonl")))
@@ -104,7 +131,19 @@ def run(cfg, workdir: str) -> dict[str, Any]:
         os.path.splitext(corpus["path"])[0] + ".txt", int(cfg.model.vocab_size),
         os.path.join(workdir, "tokenizer", "sp"))})["path"]
     data = ph.run("data", lambda: build_data(cfg, workdir, corpus["path"], tok))
-    run_cfg = training_config(cfg, data, tok)
+    return training_config(cfg, data, tok)
+
+
+def run(cfg, workdir: str) -> dict[str, Any]:
+    """Runs (or resumes) every phase of the demo config `cfg` in `workdir`; returns the
+    summary (also in `<workdir>/summary.json`)."""
+    d = cfg.demo
+    stages = sorted(cfg.stages.keys())
+    n_copy = copy_stage_count(cfg)
+    ph = phases(cfg, workdir)
+    t_start = time.time()
+    run_cfg = prepare(cfg, workdir, ph)
+    tok = run_cfg.data.tokenizer
     lengths = _ints(d.eval_lengths)
     base = stages[n_copy]
     zero_rope = (json.loads(d.zero_shot_rope) if d.zero_shot_rope else
@@ -117,7 +156,7 @@ def run(cfg, workdir: str) -> dict[str, Any]:
             if spec["stage"] == s:
                 ph.run(f"eval-{m}", lambda m=m, spec=spec: evaluate(
                     workdir, m, spec, tok, lengths, d, cfg.attn))
-    summary = ph.run("report", lambda: report(workdir, cfg, list(models), lengths))
+    summary = ph.run("report", lambda: report(workdir, cfg, list(models), lengths, base))
     log.info("demo finished in %.1f s (phases run now: %s)", time.time() - t_start,
              ph.ran or "none, all cached")
     print(open(os.path.join(workdir, "summary.txt"), encoding="utf-8").read())
@@ -192,10 +231,10 @@ def build_data(cfg, workdir: str, docs_path: str, tok: str) -> dict[str, Any]:
 
 
 def training_config(cfg, data: dict[str, Any], tok: str):
-    """The trainer's config: demo section dropped, data paths and tokenizer filled in."""
-    import ml_collections as mc
+    """The trainer's config: demo section and entry point dropped, data paths and tokenizer
+    filled in."""
     c = mc.ConfigDict(cfg.to_dict())
-    del c["demo"]
+    del c["demo"], c["entry"]
     c.data.tokenizer = tok
     stages = sorted(c.stages.keys())
     c.data.path = ",".join(data["paths"][stages[0]])
@@ -206,9 +245,6 @@ def training_config(cfg, data: dict[str, Any], tok: str):
 
 def train_stages(run_cfg, workdir: str, stages: list[str]) -> dict[str, Any]:
     """Trains up to the last of `stages` (the trainer resumes finished work itself)."""
-    import ml_collections as mc
-
-    from lctx import trainer
     c = mc.ConfigDict(run_cfg.to_dict())
     for s in list(c.stages.keys()):
         if s not in stages:
@@ -224,7 +260,6 @@ class ChatPromptRunner:
     as the user turn, RULER's answer prefix as the assistant's prefill (token ids)."""
 
     def __init__(self, inner, tokenizer_path: str):
-        from lctx.tokenizer import ChatFormat, load_tokenizer
         self.inner = inner
         self.fmt = ChatFormat(load_tokenizer(tokenizer_path))
         self.max_model_len = inner.max_len
@@ -241,28 +276,22 @@ def evaluate(workdir: str, name: str, spec: dict, tok: str, lengths: list[int], 
              ) -> dict[str, Any]:
     """RULER subset for one model; results in <workdir>/results/<name>.json. The runner
     prefills blockwise with the run's `attn` block sizes."""
-    from evals.ruler.text import load_tokenizer
-    from evals.runners.lctx_runner import LctxRunner
-
-    from lctx import demo_ruler
     # Window: the longest length plus the chat headers around the prompt.
     inner = LctxRunner(os.path.join(workdir, "ckpt", spec["stage"]), tokenizer=tok,
                        rope=spec.get("rope"), max_model_len=max(lengths) + 32,
                        batch_size=int(d.eval_batch), progress=False,
                        block_q=int(attn.block_q), block_k=int(attn.block_k))
-    doc = demo_ruler.run(ChatPromptRunner(inner, tok), model=name,
-                         tokenizer=load_tokenizer(tok), tokenizer_name=os.path.basename(tok),
-                         lengths=lengths, tasks=_names(d.eval_tasks),
-                         num_samples=int(d.eval_samples), out=os.path.join(workdir, "eval", name),
-                         chat_template=demo_data.CHAT_SPLIT_TEMPLATE,
-                         batch_size=int(d.eval_batch))
+    doc = ruler_run.run(ChatPromptRunner(inner, tok), model=name,
+                        tokenizer=ruler_tokenizer(tok), tokenizer_name=os.path.basename(tok),
+                        lengths=lengths, tasks=_names(d.eval_tasks),
+                        num_samples=int(d.eval_samples), out=os.path.join(workdir, "eval", name),
+                        opts=demo_data.ruler_options(42), batch_size=int(d.eval_batch))
     inner.close()
     # The RULER score is all-or-nothing; the held-out answer loss shows the same comparison
     # on a continuous scale (same records for every model).
     losses = {str(T): answer_loss(workdir, spec, tok, T, d) for T in sorted(
         {min(lengths), 4 * min(lengths)})}
     doc["answer_loss"] = losses
-    from evals.ruler import scoring
     path = os.path.join(workdir, "results", f"{name}.json")
     scoring.write_json(path, doc)
     s = doc["summary"]
@@ -276,31 +305,20 @@ def evaluate(workdir: str, name: str, spec: dict, tok: str, lengths: list[int], 
 def answer_loss(workdir: str, spec: dict, tok: str, seq_len: int, d, n: int = 32) -> float:
     """Mean loss per answer token on `n` held-out NIAH conversations of `seq_len` tokens
     (drawn with a seed neither training nor the RULER evaluation uses), one a row. The
-    attention is the run's own (`load_checkpoint` reads it from the run config)."""
-    import jax
-    import numpy as np
-    from flax import nnx
-
-    from evals.runners import lctx_runner
-    from lctx import data as data_lib
-    from lctx import trainer
+    model is the stage's own (`lctx.run`), with the spec's RoPE when it has one."""
     path = os.path.join(workdir, "data", f"heldout-{seq_len}.arrayrecord")
     if not os.path.exists(path):
         demo_data.retrieval_records(_names(d.train_tasks), [seq_len], n, tok, 99_991, path)
     over = {"max_seq_len": seq_len + 8}
     if spec.get("rope"):
-        over["rope"] = lctx_runner._rope_override(spec["rope"], seq_len)
-    _, model, _ = lctx_runner.load_checkpoint(os.path.join(workdir, "ckpt", spec["stage"]),
-                                              **over)
+        over["rope"] = rope_lib.make_rope(**spec["rope"])
+    _, model, _ = run_lib.Run.open(workdir).load_model(spec["stage"], **over)
     graphdef, params = nnx.split(model, nnx.Param)
     it = iter(data_lib.make_dataset([path], data_lib.render_fn_from_tokenizer(tok),
                                     seq_len=seq_len, batch_size=8, seed=0, pack=False))
-    step = jax.jit(lambda p, b: trainer.eval_step(p, b, graphdef=graphdef, loss_chunk=1024))
+    step = jax.jit(lambda p, b: step_lib.eval_step(p, b, graphdef=graphdef, loss_chunk=1024))
     tot, cnt = 0.0, 0.0
     for _ in range(max(1, n // 8)):
         m = jax.device_get(step(params, {k: np.asarray(v) for k, v in next(it).items()}))
         tot, cnt = tot + float(m["eval/loss_sum"]), cnt + float(m["eval/loss_tokens"])
     return round(tot / max(cnt, 1.0), 4)
-
-
-from lctx.demo_report import report  # noqa: E402  (the report phase lives beside)

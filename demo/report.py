@@ -12,21 +12,16 @@ import json
 import os
 from typing import Any, Sequence
 
-from lctx import demo_data
+from evals import plot as plot_lib
+from evals.ruler import scoring
+from lctx import files
 
 
 def stage_metrics(workdir: str) -> dict[str, dict[str, Any]]:
     """Per stage: steps logged, first/last train loss, eval losses, median tokens/s."""
-    path = os.path.join(workdir, "metrics.jsonl")
     rows: dict[str, list[dict]] = {}
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                try:
-                    r = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a line cut by kill -9
-                rows.setdefault(r.get("stage", "?"), []).append(r)
+    for r in files.json_lines(os.path.join(workdir, "metrics.jsonl")):
+        rows.setdefault(r.get("stage", "?"), []).append(r)
     out = {}
     for stage, rs in sorted(rows.items()):
         train = [r for r in rs if "train/loss" in r]
@@ -48,13 +43,12 @@ def _at(means: dict[str, float], length: int) -> float | None:
     return None if v is None else float(v)
 
 
-def report(workdir: str, cfg, models: Sequence[str], lengths: Sequence[int]) -> dict[str, Any]:
-    """Writes the plot, summary and stage metrics; returns the summary document."""
-    from evals import plot as plot_lib
-    from evals.ruler import scoring
+def report(workdir: str, cfg, models: Sequence[str], lengths: Sequence[int], base: str
+           ) -> dict[str, Any]:
+    """Writes the plot, summary and stage metrics; returns the summary document. `base` is
+    the base model's stage (4x its length is where zero-shot and stepwise are compared)."""
     stages = sorted(cfg.stages.keys())
-    from lctx.demo import copy_stage_count  # lazy: lctx.demo imports this module
-    base_len = int(cfg.stages[stages[copy_stage_count(cfg)]].seq_len)
+    base_len = int(cfg.stages[base].seq_len)
     docs = [scoring.load_results(os.path.join(workdir, "results", f"{m}.json"))
             for m in models]
     # Curves: every model; per-task panel of the last stage (the model the demo builds).
@@ -83,10 +77,10 @@ def report(workdir: str, cfg, models: Sequence[str], lengths: Sequence[int]) -> 
         "tasks": docs[0]["settings"]["tasks"], "samples": docs[0]["settings"]["num_samples"],
         "phase_seconds": phases, "stage_metrics": metrics,
     }
-    demo_data._atomic_write(os.path.join(workdir, "stage_metrics.json"),
+    files.atomic_write(os.path.join(workdir, "stage_metrics.json"),
                             json.dumps(metrics, indent=1))
-    demo_data._atomic_write(os.path.join(workdir, "summary.json"), json.dumps(summary, indent=1))
-    demo_data._atomic_write(os.path.join(workdir, "summary.txt"), summary_text(summary, docs))
+    files.atomic_write(os.path.join(workdir, "summary.json"), json.dumps(summary, indent=1))
+    files.atomic_write(os.path.join(workdir, "summary.txt"), summary_text(summary, docs))
     return summary
 
 
@@ -96,7 +90,6 @@ def _fmt(v: float | None) -> str:
 
 def summary_text(s: dict[str, Any], docs: Sequence[dict]) -> str:
     """The human-readable summary: effective-length table and the 4x-base comparison."""
-    from evals import plot as plot_lib
     a = s["at_4x_base"]
     lines = [f"lctx demo: RULER ({', '.join(s['tasks'])}; {s['samples']} samples per task "
              f"and length), base length {s['base_length']} tokens", "",

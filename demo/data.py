@@ -8,7 +8,13 @@ Training data of a stage of length T (He et al. 2025 in miniature):
     tracking drawn by `evals.ruler` with a training seed, never the evaluation seed). A tiny
     model learns no retrieval skill from a few minutes of QA alone; these stand in for the
     short-context ability the paper's base model (Llama-3.1-8B-Instruct) already has.
-JAX-free.
+
+RULER at the demo's short lengths (384-3072 tokens): RULER targets 4K+ contexts, reserving 128
+generated tokens for NIAH and growing essay haystacks 500 words at a time, so no NIAH prompt
+fits in 384 tokens. The demo draws the same prompts with `evals.ruler`'s short-length options
+(`ruler_options`): RESERVE tokens for the answer, haystacks grown STEP_WORDS words (essay) or
+one unit at a time. Variable tracking is left out: its one-shot example alone needs ~1000
+tokens. JAX-free.
 """
 from __future__ import annotations
 
@@ -17,22 +23,53 @@ import logging
 import os
 from typing import Any, Sequence
 
-from lctx import records
+import numpy as np
+import sentencepiece as spm
 
-log = logging.getLogger("lctx.demo")
+from datagen.backends import make_backend
+from datagen.chunking import sentences
+from datagen.config import Config
+from datagen.corpus import Document, load_corpus
+from datagen.pipeline import build_dataset
+from evals.ruler import registry
+from evals.ruler.base import Options
+from evals.ruler.text import PieceCounter, load_tokenizer
+from lctx import files, records
+from lctx.corpora import kjv_verses
+from lctx.tokenizer import train_sentencepiece
+
+log = logging.getLogger("demo")
 
 # Splits a RULER prompt into the user turn and the assistant's answer prefix: the evals
 # accept a literal chat template holding `{task_template}`; this character is in no prompt.
 SEP = "\u241e"
 CHAT_SPLIT_TEMPLATE = "{task_template}" + SEP
+RESERVE = 32  # tokens reserved for (and generated as) the answer (RULER: 128 for NIAH)
+STEP_WORDS = 25  # essay haystack growth per size-search step (RULER: 500)
+SUPPORTED = ("niah_single_1", "niah_single_2", "niah_single_3", "niah_multikey_1",
+             "niah_multikey_2", "niah_multikey_3", "niah_multivalue", "niah_multiquery")
 
 
-def _atomic_write(path: str, text: str) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
+def ruler_options(seed: int) -> Options:
+    """evals.ruler options of the demo: the split chat template, the short-length variant."""
+    return Options(chat_template=CHAT_SPLIT_TEMPLATE, seed=seed, reserve=RESERVE,
+                   step_words=STEP_WORDS)
+
+
+def check_tasks(tasks: Sequence[str], field: str) -> list[str]:
+    """The demo's RULER tasks, validated (NIAH only: they fit a few hundred tokens)."""
+    bad = [t for t in tasks if t not in SUPPORTED]
+    if bad:
+        raise ValueError(f"{field}: RULER task(s) {bad} unsupported at the demo's short "
+                         f"lengths; use some of {', '.join(SUPPORTED)}")
+    return list(tasks)
+
+
+def ruler_samples(task: str, length: int, n: int, tok, counter, seed: int) -> list[dict]:
+    """`n` RULER samples of `task` at `length` tokens, drawn with the demo's options."""
+    check_tasks([task], "demo RULER tasks")
+    return registry.prepare(task, length, n, tok, ruler_options(seed), registry.Resources(),
+                            counter)
 
 
 def passages(units: Sequence[tuple[str, str]], doc_words: int) -> list[tuple[str, str]]:
@@ -56,10 +93,7 @@ def passages(units: Sequence[tuple[str, str]], doc_words: int) -> list[tuple[str
 def corpus_units(spec: str) -> list[tuple[str, str]]:
     """(group, unit text) pairs: KJV verses by book, or a corpus's documents by sentence."""
     if spec == "kjv":
-        from lctx.corpora import kjv_verses
         return [(b, t) for b, _, _, t in kjv_verses()]
-    from datagen.chunking import sentences
-    from datagen.corpus import load_corpus
     docs, skips = load_corpus(spec)
     if not docs:
         raise ValueError(f"demo.corpus={spec!r} has no usable documents ({len(skips)} skipped)")
@@ -78,29 +112,26 @@ def build_corpus(spec: str, doc_words: int, max_docs: int, out_path: str) -> dic
     docs = passages(units, doc_words)
     stride = max(1, len(docs) // max(1, max_docs))
     picked = docs[::stride][:max_docs]
-    _atomic_write(out_path, "".join(json.dumps({"id": i, "text": t}, ensure_ascii=False) + "\n"
+    files.atomic_write(out_path, "".join(json.dumps({"id": i, "text": t}, ensure_ascii=False) + "\n"
                                     for i, t in picked))
-    _atomic_write(os.path.splitext(out_path)[0] + ".txt", "\n".join(t for _, t in units))
+    files.atomic_write(os.path.splitext(out_path)[0] + ".txt", "\n".join(t for _, t in units))
     return {"corpus": spec, "units": len(units), "passages": len(docs), "documents":
             len(picked), "words": sum(len(t.split()) for _, t in picked), "path": out_path}
 
 
 def read_docs(path: str):
-    from datagen.corpus import Document
     with open(path, encoding="utf-8") as f:
         return [Document(r["id"], r["text"], "demo") for r in map(json.loads, f)]
 
 
 def train_tokenizer(corpus_txt: str, vocab_size: int, out_prefix: str) -> str:
     """SentencePiece BPE (with the Llama-3 chat specials) on the corpus text."""
-    from lctx.tokenizer import train_sentencepiece
     with open(corpus_txt, encoding="utf-8") as f:
         return train_sentencepiece(f.read(), vocab_size, out_prefix)
 
 
 def datagen_config(d: Any):
     """The datagen settings of the miniature: the paper's algorithm, small chunk sizes."""
-    from datagen.config import Config
     return Config(min_chars=40, small_tokens=int(d.small_tokens), small_per_medium=2,
                   words_small=12, words_medium=16, words_global=20,
                   n_hierarchical=int(d.qa_hierarchical), n_diverse=int(d.qa_diverse),
@@ -111,8 +142,6 @@ def datagen_config(d: Any):
 def build_conversations(docs_path: str, tokenizer: str, lengths: dict[int, str],
                         samples: dict[int, int], out_dir: str, d: Any) -> dict[str, Any]:
     """datagen conversations for every stage length; returns {stage: [shard paths]}."""
-    from datagen.backends import make_backend
-    from datagen.pipeline import build_dataset
     kw = {}
     if d.backend != "extractive":
         kw = {k: v for k, v in (("model", d.backend_model), ("base_url", d.backend_url)) if v}
@@ -147,9 +176,6 @@ def retrieval_records(tasks: Sequence[str], lengths: Sequence[int], n: int, toke
 
     Drawn with `seed` (the evaluation uses RULER's 42): the same generators, other needles.
     """
-    from evals.ruler.text import PieceCounter, load_tokenizer
-
-    from lctx import demo_ruler
     tok = load_tokenizer(tokenizer_path)
     counter = PieceCounter(tok)
     cells = [(t, L) for t in tasks for L in lengths]
@@ -159,7 +185,7 @@ def retrieval_records(tasks: Sequence[str], lengths: Sequence[int], n: int, toke
         if k == 0:
             continue
         cseed = seed + 7919 * c
-        for s in demo_ruler.prepare(task, length, k, tok, counter, CHAT_SPLIT_TEMPLATE, cseed):
+        for s in ruler_samples(task, length, k, tok, counter, cseed):
             user, prefix = split_prompt(s["input"])
             answer = f"{prefix} {', '.join(s['outputs'])}".strip()
             recs.append(records.make_record(
@@ -181,8 +207,6 @@ def copy_records(tokenizer_path: str, n: int, seed: int, out_path: str, max_item
     4..`max_items` random tokenizer pieces, each a random digit with probability
     `digit_share` (digits are what NIAH answers are made of), so no n-gram shortcut exists.
     """
-    import numpy as np
-    import sentencepiece as spm
     if n < 1 or max_items < 5 or not 0.0 <= digit_share <= 1.0:
         raise ValueError(f"copy records: need n >= 1, max_items >= 5 and 0 <= digit_share "
                          f"<= 1; got {n}, {max_items}, {digit_share}")
