@@ -6,36 +6,39 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
+import ml_collections as mc
 import pytest
 from flax import nnx
 
 from evals.runners.base import PromptTooLongError
 from evals.runners.beacon_runner import BeaconRunner
+from configs import common
 from evals.runners.registry import make_runner
 from lctx import beacon as rules
 from lctx import beacon_generate as bgen
 from lctx import beacon_train
-from lctx import checkpoint as ckpt_lib
+from lctx import run as run_lib
 from lctx import generate as gen_lib
 from lctx.beacon_model import BeaconModel
 from lctx.model import Llama, ModelConfig
 
 MODEL = dict(vocab_size=1024, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=8,
-             mlp_dim=64, norm_eps=1e-5, tie_embeddings=False, max_seq_len=4096,
-             param_dtype="float32", dtype="float32", scan_layers=True)
+             mlp_dim=64, max_seq_len=4096)
 BEACON = dict(window=32, native_len=128, ratios="4,8", headroom=32, adapter="experts",
               rank=4, alpha=8.0, targets="q,k,v,o", embed_per_expert=True)
 
 
 def write_run(workdir, tok, beacon=True):
     """A run on disk as the trainer writes it: config.json and ckpt/<stage>/<step>."""
-    mcfg = ModelConfig(**MODEL, attn_impl="blockwise", block_q=32, block_k=32)
-    base = Llama(mcfg, rngs=nnx.Rngs(0))
-    cfg = {"model": MODEL, "rope": {"type": "default", "theta": 10000.0},
-           "attn": {"impl": "blockwise", "block_q": 32, "block_k": 32},
-           "data": {"tokenizer": tok}}
+    cfg = common.base_config()
+    cfg.model.update(**MODEL)
+    cfg.attn.update(impl="blockwise", block_q=32, block_k=32)
+    cfg.data.tokenizer = tok
+    cfg.stages["s1"] = common.stage(seq_len=128, steps=3, rope_cfg=common.rope())
+    base = Llama(ModelConfig(**{**cfg.model.to_dict()}, attn_impl="blockwise", block_q=32,
+                             block_k=32), rngs=nnx.Rngs(0))
     if beacon:
-        cfg["beacon"] = BEACON
+        cfg.beacon = mc.ConfigDict(BEACON)
         model = BeaconModel(base, beacon_train.beacon_config(BEACON), eos_id=2,
                             rngs=nnx.Rngs(1))
         for name in ("bq", "bk", "bv", "bo"):  # a "trained" adapter: B no longer zero
@@ -45,12 +48,11 @@ def write_run(workdir, tok, beacon=True):
         state = {"params": params, "frozen": frozen, "step": jnp.int32(3)}
     else:
         model, state = base, {"params": nnx.state(base, nnx.Param), "step": jnp.int32(3)}
+    run = run_lib.Run(cfg, workdir)
     os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-        json.dump(cfg, f)
-    mgr = ckpt_lib.StageCheckpoints(os.path.join(workdir, "ckpt"), "s1", async_save=False)
-    mgr.save(3, state, None, {"stage": "s1", "step": 3, "finished": True})
-    mgr.close()
+    run.save_config()
+    with run.checkpoints("s1", async_save=False) as mgr:
+        mgr.save(3, state, None, {"stage": "s1", "step": 3, "finished": True})
     return model
 
 

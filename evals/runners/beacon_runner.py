@@ -18,7 +18,6 @@ under `params` and the base under `frozen`; a plain run's holds the base under `
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 from typing import Any, Sequence
@@ -26,44 +25,36 @@ from typing import Any, Sequence
 from tqdm import tqdm
 
 from evals.runners.base import PromptTooLongError
-from evals.runners.lctx_runner import LctxRunner, _find_checkpoint, _run_tokenizer_path
+from evals.runners.lctx_runner import LctxRunner
 
 log = logging.getLogger("evals.runners.beacon")
 
 
-def _model_config(run_cfg: dict, meta: dict, attn_impl: str, block: int):
-    from lctx import model as model_lib
-    from lctx import rope as rope_lib
-    m = run_cfg["model"]
-    fields = {k: m[k] for k in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads",
-                                "head_dim", "mlp_dim", "norm_eps", "tie_embeddings",
-                                "max_seq_len", "param_dtype", "dtype", "scan_layers")}
-    return model_lib.ModelConfig(**fields, rope=rope_lib.make_rope(
-        **(meta.get("rope") or run_cfg["rope"])), attn_impl=attn_impl, block_q=block,
-        block_k=block)
-
-
 def load_beacon(path: str, *, stage: str | None = None, step: int | None = None,
                 attn_impl: str = "blockwise", block: int = 512, **beacon_overrides):
-    """(BeaconModel, meta) of a beacon run, or of a plain run with a fresh (zero) adapter
-    when `beacon_overrides` give at least native_len (for truncation / ratio 0 only)."""
+    """(BeaconModel, meta) of a beacon run on disk (`lctx.run`), or of a plain run with a zero
+    adapter when `beacon_overrides` give at least native_len (truncation / ratio 0 only)."""
     import jax
     import orbax.checkpoint as ocp
     from flax import nnx
 
     from lctx import beacon as rules
     from lctx import beacon_train
+    from lctx import run as run_lib
     from lctx.beacon_model import BeaconModel
     from lctx.model import Llama
-    workdir, step_dir = _find_checkpoint(path, stage, step)
-    with open(os.path.join(workdir, "config.json")) as f:
-        run_cfg = json.load(f)
-    meta = {}
-    if os.path.isdir(os.path.join(step_dir, "meta")):
-        meta = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(
-            os.path.join(step_dir, "meta"))
-    mcfg = _model_config(run_cfg, meta, attn_impl, block)
-    section = dict(run_cfg.get("beacon") or {})
+    run, path_stage, path_step = run_lib.locate(path)
+    found = run.latest(stage or path_stage)
+    if found is None:
+        raise FileNotFoundError(f"{path}: no checkpoint under {run.ckpt_root}; train first")
+    step = found.step if (step if step is not None else path_step) is None else int(
+        step if step is not None else path_step)
+    step_dir = os.path.join(found.directory, str(step))
+    with run.checkpoints(found.stage, async_save=False) as mgr:
+        meta = mgr.read_meta(step)
+    mcfg = run_lib.model_config(run.cfg, run.stage(found.stage).rope_dict,
+                                attn_impl=attn_impl, block_q=block, block_k=block)
+    section = run.cfg.beacon.to_dict() if run.cfg.get("beacon") else {}
     trained = bool(section)
     if not trained and "native_len" not in beacon_overrides:
         raise rules.BeaconError(
@@ -96,12 +87,9 @@ def load_beacon(path: str, *, stage: str | None = None, step: int | None = None,
         model = nnx.merge(graphdef, got["params"], got["frozen"])
     else:
         frozen["base"] = got["params"]
-        model = nnx.merge(graphdef, nnx.state(abstract, beacon_train.lora.AdapterParam),
-                          frozen)
-        zero = jax.tree.map(lambda x: jax.numpy.zeros(x.shape, x.dtype),
-                            nnx.state(model, beacon_train.lora.AdapterParam))
-        nnx.update(model, zero)
-    return model, dict(meta, workdir=workdir, trained=trained)
+        zero = jax.tree.map(lambda x: jax.numpy.zeros(x.shape, x.dtype), adapter)
+        model = nnx.merge(graphdef, zero, frozen)
+    return model, dict(meta, workdir=run.workdir, trained=trained, tokenizer=run.tokenizer)
 
 
 class BeaconRunner(LctxRunner):
@@ -142,7 +130,7 @@ class BeaconRunner(LctxRunner):
             if ratio:
                 self.bcfg.expert(ratio)  # the checkpoint must hold an expert for it
         self.ratio, self.truncate, self.progress, self.mesh = ratio, bool(truncate), progress, None
-        self.tokenizer = load_tokenizer(tokenizer or _run_tokenizer_path(self.meta["workdir"]))
+        self.tokenizer = load_tokenizer(tokenizer or self.meta["tokenizer"])
         if self.tokenizer.vocab_size > self.cfg.vocab_size:
             raise ValueError(f"tokenizer has {self.tokenizer.vocab_size} ids but the model's "
                              f"vocab_size is {self.cfg.vocab_size}")
