@@ -104,13 +104,14 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def docs_for(self, target: int) -> int:
-        """Documents per conversation at `target` tokens (0 = as many as fit)."""
-        return per_length(self.docs_per_sample, target, "docs_per_sample") or 0
+    def docs_for(self, target: int, stage: str | None = None) -> int:
+        """Documents per conversation at `target` tokens (0 = as many as fit); `stage`, a
+        paper stage name (--names), resolves "paper" at any length (tiny runs)."""
+        return per_length(self.docs_per_sample, target, "docs_per_sample", stage) or 0
 
-    def samples_for(self, target: int) -> int:
-        """Conversations at `target` tokens over all shards."""
-        n = per_length(self.samples, target, "samples")
+    def samples_for(self, target: int, stage: str | None = None) -> int:
+        """Conversations at `target` tokens over all shards (`stage` as in docs_for)."""
+        n = per_length(self.samples, target, "samples", stage)
         return self.samples_per_length if n is None else n
 
     @classmethod
@@ -174,17 +175,21 @@ def _parse_per_length(spec: str, name: str) -> dict[int, int] | int | str | None
     return out
 
 
-def per_length(spec: str, target: int, name: str) -> int | None:
-    """The count a per-length spec gives at `target` tokens (None = spec is empty)."""
+def per_length(spec: str, target: int, name: str, stage_name: str | None = None
+               ) -> int | None:
+    """The count a per-length spec gives at `target` tokens (None = spec is empty); "paper"
+    reads the paper stage of that length, else the stage named `stage_name`."""
     parsed = _parse_per_length(spec, name)
     if parsed is None or isinstance(parsed, int):
         return parsed
     if parsed == "paper":
-        stage = presets.by_length(target)
+        named = {s.name: s for s in presets.PAPER_STAGES}
+        stage = presets.by_length(target) or named.get(stage_name or "")
         if stage is None:
             raise ConfigError(f"{name}=paper: {target} tokens is not a paper length "
-                              f"({[s.alias for s in presets.PAPER_STAGES]}); give counts "
-                              f"per length, e.g. {name}={target}:4")
+                              f"({[s.alias for s in presets.PAPER_STAGES]}) and its --names "
+                              f"entry is no paper stage; give counts per length, e.g. "
+                              f"{name}={target}:4")
         return stage.docs_per_sample if name == "docs_per_sample" else stage.samples
     if target not in parsed:
         raise ConfigError(f"{name}={spec!r} gives no count for {target} tokens; add "

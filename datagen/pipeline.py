@@ -138,8 +138,11 @@ def build_dataset(corpus_docs: Sequence[Document | Skip], tokenizer_path: str, b
     if not lengths or any(int(n) < 64 for n in lengths):
         raise InputError(f"--lengths={list(lengths)}: need one or more targets >= 64 tokens")
     # Every per-length setting is resolved before any call, so a bad one costs nothing.
-    plan = {int(t): (cfg.docs_for(int(t)), (samples or {}).get(int(t), cfg.samples_for(int(t))))
-            for t in lengths}
+    # A length's --names entry that is a paper stage gives recipe "paper" its counts there.
+    stage_of = {int(t): (names or {}).get(int(t)) for t in lengths}
+    plan = {int(t): (cfg.docs_for(int(t), stage_of[int(t)]),
+                     samples[int(t)] if samples and int(t) in samples
+                     else cfg.samples_for(int(t), stage_of[int(t)])) for t in lengths}
     for t, (_, n) in plan.items():
         if n < 0:
             raise InputError(f"--samples: {n} conversations at {t} tokens; must be >= 0")

@@ -40,3 +40,16 @@ def test_cli_shell_fields():
     assert run("--shell", "alias").stdout.strip() == "180k,350k,650k,1m"
     bad = run("--shell", "nope")
     assert bad.returncode == 2 and "docs_per_sample" in bad.stderr
+
+
+def test_paper_recipe_at_tiny_lengths_by_stage_name():
+    """`--recipe=paper --lengths=4096,8192 --names=s1_180k,s2_350k` (the walkthrough test's
+    size flags on docs/PAPER.md's command): the stage names give the paper's documents per
+    sample at any length; an explicit --samples count wins over the recipe's."""
+    from datagen.config import Config, ConfigError
+    cfg = Config.from_recipe("paper")
+    assert [cfg.docs_for(t, s) for t, s in ((4096, "s1_180k"), (8192, "s2_350k"),
+                                           (9000, "s4_1m"))] == [2, 4, 12]
+    assert cfg.samples_for(8192, "s2_350k") == 1280 and cfg.docs_for(180 * 1024) == 2
+    with pytest.raises(ConfigError, match="4096 tokens is not a paper length.*--names"):
+        cfg.docs_for(4096, "len4096")
