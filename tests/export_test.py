@@ -21,7 +21,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory, sp_model_path):
-    """Two tiny stages (2 + 1 steps, a checkpoint every step), each exported by the trainer."""
+    """One tiny stage (2 steps, a checkpoint every step, linear RoPE), exported by the
+    trainer at its end."""
     d = tmp_path_factory.mktemp("export_run")
     c = common.base_config()
     c.model.update(tiny_runs.TINY_MODEL, max_seq_len=256)
@@ -31,8 +32,7 @@ def finished_run(tmp_path_factory, sp_model_path):
     c.opt.update(warmup_steps=1, loss_chunk=128)
     c.ckpt.update(every_steps=1, keep=3, async_save=False)
     c.log.progress = False
-    c.stages.s1 = common.stage(seq_len=128, steps=2, rope_cfg=common.rope(theta=1e4))
-    c.stages.s2 = common.stage(seq_len=256, steps=1, rope_cfg=common.rope(
+    c.stages.s1 = common.stage(seq_len=128, steps=2, rope_cfg=common.rope(
         type="linear", theta=1e4, factor=2.0))
     trainer.train_and_evaluate(c, str(d / "run"))
     return str(d / "run")
@@ -46,19 +46,19 @@ def _params(model):
 def test_final_checkpoint_export_equals_the_trainers(finished_run, tmp_path):
     out = export.export(finished_run, out=str(tmp_path / "again"))
     ours = open(os.path.join(out, "model.safetensors"), "rb").read()
-    trainers = open(os.path.join(finished_run, "hf", "s2", "model.safetensors"), "rb").read()
+    trainers = open(os.path.join(finished_run, "hf", "s1", "model.safetensors"), "rb").read()
     assert ours == trainers  # same weights, same bf16 bytes
     with open(os.path.join(out, "config.json")) as f:
         assert json.load(f)["rope_parameters"]["rope_type"] == "linear"
     # Default output: the trainer's place for a stage's final checkpoint.
     run = run_lib.Run.open(finished_run)
-    assert export.default_out(run, "s2", 1) == os.path.join(finished_run, "hf", "s2")
+    assert export.default_out(run, "s1", 2) == os.path.join(finished_run, "hf", "s1")
     assert export.default_out(run, "s1", 1) == os.path.join(finished_run, "hf", "s1-step1")
 
 
 def test_any_step_exports_its_weights(finished_run):
     """CLI on `<workdir>/ckpt/s1/1` (a mid-stage checkpoint), float32: the export loads back
-    into lctx as exactly that checkpoint's weights, with s1's RoPE."""
+    into lctx as exactly that checkpoint's weights, with the stage's RoPE."""
     proc = subprocess.run([sys.executable, "-m", "lctx.export",
                            os.path.join(finished_run, "ckpt", "s1", "1"), "--dtype=float32"],
                           cwd=ROOT, capture_output=True, text=True)
