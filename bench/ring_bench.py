@@ -1,7 +1,12 @@
 r"""Ring vs dense attention on 8 simulated CPU devices, side by side in one run.
 
     python3 bench/ring_bench.py [--seqs=4K,8K,16K,32K,64K] [--time_seq=2048] [--repeats=3]
+                                [--packed=4K:4:11:128,16K:8:8:256]
 
+0. Block pairs computed on packed rows (T:devices:documents:block; documents cut at seeded
+   random points): blockwise over the unpermuted row, the ring before (zigzag with the old
+   id-range skip test, counted here as a reference) and now (exact skip), zigzag and the
+   balanced layout; per-device max/mean is the load balance (counts, not time).
 1. Compiled peak memory per device (XLA memory_analysis: arguments + outputs + temps) of
    forward + backward attention as T grows: ring over 8 context shards (O(T/8) per device)
    vs dense on one device (O(T^2) scores). Nothing is run, so 64K dense costs only compile.
@@ -24,7 +29,7 @@ import numpy as np  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from lctx import attention, sharding  # noqa: E402
+from lctx import attention, blocks, sharding  # noqa: E402
 from lctx import ring_attention as ra  # noqa: E402
 from lctx.plan import parse_tokens  # noqa: E402
 
@@ -48,7 +53,62 @@ def _fwd_bwd(attend):
 
 
 def _ring(mesh, block):
-    return lambda *a, **kw: ra.ring_attention(*a, **kw, mesh=mesh, block=block)
+    return lambda *a, **kw: ra.ring_attention(*a, **kw, mesh=mesh, block_q=block, block_k=block)
+
+
+def packed_row(t, n_docs, seed=0):
+    """Segment and position ids of `n_docs` documents cut at seeded random points."""
+    cuts = np.sort(np.random.default_rng(seed).choice(np.arange(1, t), n_docs - 1, replace=False))
+    bounds = np.array([0, *cuts, t])
+    seg = np.repeat(np.arange(1, n_docs + 1), np.diff(bounds)).astype(np.int32)
+    return seg, (np.arange(t) - bounds[seg - 1]).astype(np.int32)
+
+
+def _old_range_rule_pairs(seg, pos, c, block):
+    """Reference count: block pairs the ring computed before the exact skip (it skipped a pair
+    only when id ranges proved it empty), per device, on the zigzag layout."""
+    sb, pb = seg.reshape(-1, block), pos.reshape(-1, block)
+    keep = ~((sb.max(1)[:, None] < sb.min(1)[None]) | (sb.min(1)[:, None] > sb.max(1)[None]) |
+             (pb.max(1)[:, None] < pb.min(1)[None]))
+    return keep.reshape(c, -1, keep.shape[1]).sum((1, 2))
+
+
+def _blockwise_pairs(seg, pos, block):
+    """Block pairs blockwise attention computes (its own loop, `blocks.span_fwd`)."""
+    nb, split = len(seg) // block, blocks.split_blocks
+    z = jnp.zeros((1, len(seg), 1, 4))
+    s, p = jnp.asarray(seg)[None], jnp.asarray(pos)[None]
+    acc = (jnp.zeros((nb, 1, block, 1, 4)), jnp.full((nb, 1, 1, block), -jnp.inf),
+           jnp.zeros((), jnp.int32))
+    count = lambda: blocks.span_fwd(blocks.KERNELS["xla"], (split(z, nb), split(s, nb), split(
+        p, nb)), (split(z, nb), split(z, nb), split(s, nb), split(p, nb)), acc, causal=True,
+        scale=1.0)[2]
+    return int(jax.jit(count)())
+
+
+def pairs_table(specs):
+    print("\nBlock pairs computed on one packed row (causal), per device: total, max/mean")
+    print(f"{'T':>6} {'C':>2} {'docs':>4} {'block':>5} {'blockwise':>9} {'ring before':>16} "
+          f"{'ring zigzag':>16} {'ring balanced':>16}")
+    rows = []
+    for t, c, n_docs, block in specs:
+        mesh = sharding.make_mesh({"context": c}, devices=jax.devices()[:c])
+        seg, pos = packed_row(t, n_docs)
+        z = jnp.zeros((1, t, 1, 4), jnp.float32)
+        got = {"blockwise": _blockwise_pairs(seg, pos, block)}
+        zig = ra.zigzag_indices(t, c)
+        got["before"] = _old_range_rule_pairs(seg[zig], pos[zig], c, block)
+        for name, perm in (("zigzag", zig), ("balanced", ra.balanced_indices(seg, pos, c, block))):
+            s, p = jnp.asarray(seg[perm])[None], jnp.asarray(pos[perm])[None]
+            got[name] = ra.ring_block_counts(z, z, z, s, s, p, p, causal=True, scale=1.0,
+                                             mesh=mesh, block_q=block, block_k=block)[0]
+        cell = lambda x: f"{x.sum():>7} {x.max() / x.mean():>7.2f}x"  # noqa: E731
+        print(f"{t:>6} {c:>2} {n_docs:>4} {block:>5} {got['blockwise']:>9} "
+              f"{cell(got['before']):>16} {cell(got['zigzag']):>16} {cell(got['balanced']):>16}")
+        rows.append(got)
+    print("(ring before: the id-range skip test, reference count; zigzag / balanced: measured "
+          "with the exact skip. The balanced layout is lctx.layout.balanced_indices.)")
+    return rows
 
 
 def _peak_bytes(fn, args) -> int:
@@ -106,7 +166,12 @@ def main():
     ap.add_argument("--time_seq", type=int, default=2048)
     ap.add_argument("--block", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--packed", default="4K:4:11:128,16K:8:8:256",
+                    help="packed-row block-pair counts, T:devices:documents:block,...")
     args = ap.parse_args()
+    if args.packed:
+        pairs_table([(parse_tokens(t), int(c), int(d), int(b)) for t, c, d, b in
+                     (x.split(":") for x in args.packed.split(","))])
     mesh = sharding.make_mesh({"context": 8})
     memory_table([parse_tokens(s) for s in args.seqs.split(",")], mesh, args.block)
     time_table(args.time_seq, mesh, min(args.block, args.time_seq // 16), args.repeats)

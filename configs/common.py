@@ -79,8 +79,9 @@ def base_config() -> mc.ConfigDict:
     c.model.scan_layers = True  # scan the layer stack (compile time independent of L)
     c.attn = mc.ConfigDict(dict(
         impl="dense",  # dense | blockwise | ring (ring needs mesh.context > 1)
-        block_q=512,  # blockwise query block, tokens
-        block_k=512,  # blockwise key block, tokens
+        block_q=512,  # blockwise / ring query block, tokens (ring: a divisor of its chunk)
+        block_k=512,  # blockwise / ring key block, tokens
+        kernel="xla",  # block kernel of blockwise / ring: xla (portable) | cudnn (GPU)
     ))
     c.mesh = mc.ConfigDict(dict(
         data=1,  # data-parallel replicas (-1 = all remaining devices)

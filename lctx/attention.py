@@ -13,7 +13,9 @@ Axes: B batch, T query positions, S key positions, N query heads, K kv heads, G 
 H head dim, Q / R query / key block length.
 
 `get_attention(impl, ...)` is the dispatch point the model uses ('dense', 'blockwise',
-'cudnn', 'ring').
+'cudnn', 'ring'); `validate` checks an `attn` config section up front. The block math that
+blockwise and ring attention share (mask, exact empty-block skip, block kernels) is in
+`lctx.blocks`.
 """
 from __future__ import annotations
 
@@ -22,25 +24,13 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 
-_F32 = jnp.float32
+from lctx import blocks
+
 # Padding ids for blockwise tails: different from each other and from real ids (>= 0), so a
 # padded query or key never matches anything.
 _PAD_Q_SEG, _PAD_K_SEG = -1, -2
-
-
-def make_mask(q_seg_BT, k_seg_BS, q_pos_BT, k_pos_BS, causal: bool):
-    """Boolean [B, T, S]: same segment and (if causal) key position <= query position."""
-    allowed_BTS = q_seg_BT[:, :, None] == k_seg_BS[:, None, :]
-    if causal:
-        allowed_BTS &= q_pos_BT[:, :, None] >= k_pos_BS[:, None, :]
-    return allowed_BTS
-
-
-def _safe(x):
-    """-inf (row with no allowed key) -> 0, so exp(s - x) is 0, never NaN."""
-    return jnp.where(jnp.isfinite(x), x, 0.0)
+make_mask = blocks.make_mask
 
 
 def _check(q_BTNH, k_BSKH, v_BSKH, q_seg_BT, k_seg_BS, q_pos_BT, k_pos_BS):
@@ -58,166 +48,57 @@ def _check(q_BTNH, k_BSKH, v_BSKH, q_seg_BT, k_seg_BS, q_pos_BT, k_pos_BS):
     return b, t, n, h, s, kh
 
 
-def block_attend(q_BQNH, k_BRKH, v_BRKH, q_seg_BQ, k_seg_BR, q_pos_BQ, k_pos_BR, *,
-                 causal: bool, scale: float):
-    """One block pair, materialised: normalised output and logsumexp, both float32.
-
-    The building block for ring attention (merge partial results by logsumexp).
-
-    Returns:
-      (out_BQNH float32, lse_BNQ float32); a row with no allowed key gives out 0, lse -inf.
-    """
-    b, t, n, h, s, kh = _check(q_BQNH, k_BRKH, v_BRKH, q_seg_BQ, k_seg_BR, q_pos_BQ, k_pos_BR)
-    q_BQKGH = q_BQNH.reshape(b, t, kh, n // kh, h)
-    s_BKGQR = jnp.einsum("bqkgh,brkh->bkgqr", q_BQKGH, k_BRKH, preferred_element_type=_F32)
-    allowed_BQR = make_mask(q_seg_BQ, k_seg_BR, q_pos_BQ, k_pos_BR, causal)
-    s_BKGQR = jnp.where(allowed_BQR[:, None, None], s_BKGQR * scale, -jnp.inf)
-    m_BKGQ = lax.stop_gradient(_safe(s_BKGQR.max(-1)))  # softmax is shift-invariant
-    p_BKGQR = jnp.exp(s_BKGQR - m_BKGQ[..., None])
-    l_BKGQ = p_BKGQR.sum(-1)
-    p_BKGQR = p_BKGQR / jnp.where(l_BKGQ > 0, l_BKGQ, 1.0)[..., None]
-    o_BQKGH = jnp.einsum("bkgqr,brkh->bqkgh", p_BKGQR.astype(v_BRKH.dtype), v_BRKH,
-                         preferred_element_type=_F32)
-    lse_BKGQ = jnp.where(l_BKGQ > 0, m_BKGQ + jnp.log(jnp.where(l_BKGQ > 0, l_BKGQ, 1.0)),
-                         -jnp.inf)
-    return o_BQKGH.reshape(b, t, n, h), lse_BKGQ.reshape(b, n, t)
-
-
 def dense_attention(q_BTNH, k_BSKH, v_BSKH, q_seg_BT, k_seg_BS, q_pos_BT, k_pos_BS, *,
                     causal: bool, scale: float):
-    """Reference attention: materialises [B, N, T, S] fp32 scores. Output in q's dtype."""
-    out_BTNH, _ = block_attend(q_BTNH, k_BSKH, v_BSKH, q_seg_BT, k_seg_BS, q_pos_BT, k_pos_BS,
-                               causal=causal, scale=scale)
+    """Reference attention: the XLA block kernel over the whole sequence, differentiated by
+    autodiff; materialises [B, N, T, S] fp32 scores. Output in q's dtype."""
+    _check(q_BTNH, k_BSKH, v_BSKH, q_seg_BT, k_seg_BS, q_pos_BT, k_pos_BS)
+    out_BTNH, _ = blocks.xla_fwd(q_BTNH, k_BSKH, v_BSKH, q_seg_BT, k_seg_BS, q_pos_BT,
+                                 k_pos_BS, causal=causal, scale=scale)
     return out_BTNH.astype(q_BTNH.dtype)
 
 
 # ------------------------------------------------------------------------------ blockwise
-def _blocks(x, nb):
-    """[B, T, ...] -> [nb, B, T / nb, ...] for scanning over blocks."""
-    x = x.reshape((x.shape[0], nb, x.shape[1] // nb) + x.shape[2:])
-    return jnp.moveaxis(x, 1, 0)
+def _spans(nq, nk, q_BTNH, k_BSKH, v_BSKH, qs_BT, ks_BS, qp_BT, kp_BS):
+    split = blocks.split_blocks
+    return ((split(q_BTNH, nq), split(qs_BT, nq), split(qp_BT, nq)),
+            (split(k_BSKH, nk), split(v_BSKH, nk), split(ks_BS, nk), split(kp_BS, nk)))
 
 
-def _unblocks(x):
-    x = jnp.moveaxis(x, 0, 1)
-    return x.reshape((x.shape[0], x.shape[1] * x.shape[2]) + x.shape[3:])
-
-
-def _needed(q_seg, k_seg, q_pos, k_pos, causal):
-    """False only when every (query, key) pair of the block is masked (then it is skipped).
-
-    Exact: the block's own mask, [B, Q, R] booleans, ~1% of the block's score FLOPs at
-    head_dim 32. Id *ranges* over the batch are not enough for packed rows: positions restart
-    at every document, so above the diagonal no range test proves the block masked and a
-    causal packed step computed every block (1536-token demo stage: 3.97 s vs 2.19 s a step).
-    """
-    return make_mask(q_seg, k_seg, q_pos, k_pos, causal).any()
-
-
-def _scores(q_BQKGH, k_BRKH, qs, ks, qp, kp, causal, scale):
-    s_BKGQR = jnp.einsum("bqkgh,brkh->bkgqr", q_BQKGH, k_BRKH, preferred_element_type=_F32)
-    allowed_BQR = make_mask(qs, ks, qp, kp, causal)
-    return s_BKGQR * scale, allowed_BQR[:, None, None]
-
-
-def _flash_fwd_impl(causal, scale, nq, nk, q_BTNH, k_BSKH, v_BSKH, qs_BT, ks_BS, qp_BT, kp_BS):
-    # Tie the ids to the activations. Under a layer `lax.scan`, linearize hoists every
-    # computation that depends only on loop-invariant inputs (ids made outside the layer) out
-    # of the loop, stacked over all iterations: here the per-block masks of both inner scans,
-    # i.e. O(T^2) memory. The barrier makes the ids as loop-variant as q, so nothing is hoisted.
-    q_BTNH, k_BSKH, v_BSKH, qs_BT, ks_BS, qp_BT, kp_BS = lax.optimization_barrier(
-        (q_BTNH, k_BSKH, v_BSKH, qs_BT, ks_BS, qp_BT, kp_BS))
+def _flash_fwd_impl(kernel, causal, scale, nq, nk, *args):
+    q_BTNH, k_BSKH, v_BSKH, qs_BT, ks_BS, qp_BT, kp_BS = blocks.tie(*args)
     b, t, n, h = q_BTNH.shape
-    kh = k_BSKH.shape[2]
-    g = n // kh
-    qb = (_blocks(q_BTNH.reshape(b, t, kh, g, h), nq), _blocks(qs_BT, nq), _blocks(qp_BT, nq))
-    kb = (_blocks(k_BSKH, nk), _blocks(v_BSKH, nk), _blocks(ks_BS, nk), _blocks(kp_BS, nk))
-    bq = t // nq
-
-    def q_step(_, q_in):
-        q_BQKGH, qs, qp = q_in
-
-        def k_step(carry, k_in):
-            k_BRKH, v_BRKH, ks, kp = k_in
-
-            def merge(carry):  # online softmax: rescale running sums to the new running max
-                o_BQKGH, m_BKGQ, l_BKGQ = carry
-                s_BKGQR, allowed = _scores(q_BQKGH, k_BRKH, qs, ks, qp, kp, causal, scale)
-                s_BKGQR = jnp.where(allowed, s_BKGQR, -jnp.inf)
-                m_new = jnp.maximum(m_BKGQ, s_BKGQR.max(-1))
-                m_safe = _safe(m_new)
-                p_BKGQR = jnp.exp(s_BKGQR - m_safe[..., None])
-                corr_BKGQ = jnp.exp(m_BKGQ - m_safe)
-                l_new = l_BKGQ * corr_BKGQ + p_BKGQR.sum(-1)
-                pv = jnp.einsum("bkgqr,brkh->bqkgh", p_BKGQR.astype(v_BRKH.dtype), v_BRKH,
-                                preferred_element_type=_F32)
-                o_new = o_BQKGH * corr_BKGQ.transpose(0, 3, 1, 2)[..., None] + pv
-                return o_new, m_new, l_new
-
-            return lax.cond(_needed(qs, ks, qp, kp, causal), merge, lambda c: c, carry), None
-
-        init = (jnp.zeros((b, bq, kh, g, h), _F32), jnp.full((b, kh, g, bq), -jnp.inf, _F32),
-                jnp.zeros((b, kh, g, bq), _F32))
-        (o_BQKGH, m_BKGQ, l_BKGQ), _ = lax.scan(k_step, init, kb)
-        l_pos = jnp.where(l_BKGQ > 0, l_BKGQ, 1.0)
-        o_BQKGH = o_BQKGH / l_pos.transpose(0, 3, 1, 2)[..., None]
-        lse_BKGQ = jnp.where(l_BKGQ > 0, m_BKGQ + jnp.log(l_pos), -jnp.inf)
-        return None, (o_BQKGH, lse_BKGQ)
-
-    _, (o_blk, lse_blk) = lax.scan(q_step, None, qb)
-    return _unblocks(o_blk).reshape(b, t, n, h).astype(q_BTNH.dtype), lse_blk
+    q_span, kv_span = _spans(nq, nk, q_BTNH, k_BSKH, v_BSKH, qs_BT, ks_BS, qp_BT, kp_BS)
+    acc = (jnp.zeros((nq, b, t // nq, n, h), jnp.float32),
+           jnp.full((nq, b, n, t // nq), -jnp.inf, jnp.float32), jnp.zeros((), jnp.int32))
+    o_n, lse_n, _ = blocks.span_fwd(blocks.KERNELS[kernel], q_span, kv_span, acc,
+                                    causal=causal, scale=scale)
+    return blocks.join_blocks(o_n).astype(q_BTNH.dtype), lse_n
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3))
-def _flash(causal, scale, nq, nk, q, k, v, qs, ks, qp, kp):
-    return _flash_fwd_impl(causal, scale, nq, nk, q, k, v, qs, ks, qp, kp)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3, 4))
+def _flash(kernel, causal, scale, nq, nk, *args):
+    return _flash_fwd_impl(kernel, causal, scale, nq, nk, *args)[0]
 
 
-def _flash_fwd(causal, scale, nq, nk, q, k, v, qs, ks, qp, kp):
-    out, lse = _flash_fwd_impl(causal, scale, nq, nk, q, k, v, qs, ks, qp, kp)
-    return out, (q, k, v, qs, ks, qp, kp, out, lse)
+def _flash_fwd(kernel, causal, scale, nq, nk, *args):
+    out_BTNH, lse_n = _flash_fwd_impl(kernel, causal, scale, nq, nk, *args)
+    return out_BTNH, (args, out_BTNH, lse_n)
 
 
-def _flash_bwd(causal, scale, nq, nk, res, do_BTNH):
+def _flash_bwd(kernel, causal, scale, nq, nk, res, do_BTNH):
     """Flash backward: recompute probabilities per block from the saved logsumexp."""
-    q_BTNH, k_BSKH, v_BSKH, qs_BT, ks_BS, qp_BT, kp_BS, out_BTNH, lse_blk = res
-    b, t, n, h = q_BTNH.shape
-    kh = k_BSKH.shape[2]
-    grp = lambda x: _blocks(x.reshape(b, t, kh, n // kh, h), nq)  # noqa: E731
-    do_blk = grp(do_BTNH.astype(_F32))
-    # delta = rowsum(dO * O), the softmax-Jacobian term, from the saved output.
-    delta_blk = (do_blk * grp(out_BTNH.astype(_F32))).sum(-1).transpose(0, 1, 3, 4, 2)
-    qb = (grp(q_BTNH), _blocks(qs_BT, nq), _blocks(qp_BT, nq), do_blk, lse_blk, delta_blk)
-    kb = (_blocks(k_BSKH, nk), _blocks(v_BSKH, nk), _blocks(ks_BS, nk), _blocks(kp_BS, nk))
-
-    def k_step(dq_acc, k_in):
-        k_BRKH, v_BRKH, ks, kp = k_in
-        zeros_kv = jnp.zeros(k_BRKH.shape, _F32)
-
-        def q_step(dkv, q_in):
-            q_BQKGH, qs, qp, do_BQKGH, lse_BKGQ, delta_BKGQ = q_in
-
-            def compute(_):
-                s_BKGQR, allowed = _scores(q_BQKGH, k_BRKH, qs, ks, qp, kp, causal, scale)
-                p_BKGQR = jnp.where(allowed, jnp.exp(s_BKGQR - _safe(lse_BKGQ)[..., None]), 0.0)
-                dv_BRKH = jnp.einsum("bkgqr,bqkgh->brkh", p_BKGQR, do_BQKGH)
-                dp_BKGQR = jnp.einsum("bqkgh,brkh->bkgqr", do_BQKGH, v_BRKH.astype(_F32))
-                ds_BKGQR = p_BKGQR * (dp_BKGQR - delta_BKGQ[..., None]) * scale
-                dq_BQKGH = jnp.einsum("bkgqr,brkh->bqkgh", ds_BKGQR, k_BRKH.astype(_F32))
-                dk_BRKH = jnp.einsum("bkgqr,bqkgh->brkh", ds_BKGQR, q_BQKGH.astype(_F32))
-                return dq_BQKGH, dk_BRKH, dv_BRKH
-
-            skip = lambda _: (jnp.zeros(do_BQKGH.shape, _F32), zeros_kv, zeros_kv)  # noqa: E731
-            dq, dk, dv = lax.cond(_needed(qs, ks, qp, kp, causal), compute, skip, None)
-            return (dkv[0] + dk, dkv[1] + dv), dq
-
-        (dk_BRKH, dv_BRKH), dq_blk = lax.scan(q_step, (zeros_kv, zeros_kv), qb)
-        return dq_acc + dq_blk, (dk_BRKH, dv_BRKH)
-
-    dq_blk, (dk_blk, dv_blk) = lax.scan(k_step, jnp.zeros(do_blk.shape, _F32), kb)
-    dq_BTNH = _unblocks(dq_blk).reshape(b, t, n, h)
-    return (dq_BTNH.astype(q_BTNH.dtype), _unblocks(dk_blk).astype(k_BSKH.dtype),
-            _unblocks(dv_blk).astype(v_BSKH.dtype), None, None, None, None)
+    args, out_BTNH, lse_n = res
+    q_BTNH, k_BSKH, v_BSKH = args[:3]
+    q_span, kv_span = _spans(nq, nk, *args)
+    do_n = blocks.split_blocks(do_BTNH, nq)
+    delta_n = blocks.row_delta(do_n, blocks.split_blocks(out_BTNH, nq))
+    dq_n, dk_m, dv_m = blocks.span_bwd(
+        blocks.KERNELS[kernel], (*q_span, do_n, lse_n, delta_n), kv_span,
+        jnp.zeros(do_n.shape, jnp.float32), causal=causal, scale=scale)
+    join = blocks.join_blocks
+    return (join(dq_n).astype(q_BTNH.dtype), join(dk_m).astype(k_BSKH.dtype),
+            join(dv_m).astype(v_BSKH.dtype), None, None, None, None)
 
 
 _flash.defvjp(_flash_fwd, _flash_bwd)
@@ -231,17 +112,19 @@ def _pad(x, length, value):
 
 
 def blockwise_attention(q_BTNH, k_BSKH, v_BSKH, q_seg_BT, k_seg_BS, q_pos_BT, k_pos_BS, *,
-                        causal: bool, scale: float, block_q: int = 512, block_k: int = 512):
-    """Flash-style attention: online softmax over key blocks, O(T) activation memory.
+                        causal: bool, scale: float, block_q: int = 512, block_k: int = 512,
+                        kernel: str = "xla"):
+    """Flash-style attention: partial results per key block merged by logsumexp, O(T) memory.
 
     The custom_vjp backward saves only (output, logsumexp) and recomputes each block's
-    probabilities. Block pairs whose id ranges rule out every pair are skipped (`lax.cond`).
+    probabilities. A block pair whose mask is all false is skipped (`blocks.needed`).
     Lengths that are not block multiples are padded with ids that match nothing.
 
     Args:
       q_BTNH, k_BSKH, v_BSKH, q_seg_BT, k_seg_BS, q_pos_BT, k_pos_BS, causal, scale: as `attend`.
       block_q: query block length (clipped to T).
       block_k: key block length (clipped to S).
+      kernel: block kernel name in `lctx.blocks.KERNELS` ('xla' portable, 'cudnn' GPU).
 
     Returns:
       out_BTNH in q's dtype.
@@ -249,11 +132,12 @@ def blockwise_attention(q_BTNH, k_BSKH, v_BSKH, q_seg_BT, k_seg_BS, q_pos_BT, k_
     b, t, n, h, s, kh = _check(q_BTNH, k_BSKH, v_BSKH, q_seg_BT, k_seg_BS, q_pos_BT, k_pos_BS)
     if block_q < 1 or block_k < 1:
         raise ValueError(f"block_q={block_q} and block_k={block_k} must be positive.")
+    blocks.check_kernel(kernel)
     bq, bk = min(block_q, t), min(block_k, s)
     tp, sp = -(-t // bq) * bq, -(-s // bk) * bk
     q_seg_BT, k_seg_BS = q_seg_BT.astype(jnp.int32), k_seg_BS.astype(jnp.int32)
     q_pos_BT, k_pos_BS = q_pos_BT.astype(jnp.int32), k_pos_BS.astype(jnp.int32)
-    out_BTNH = _flash(bool(causal), float(scale), tp // bq, sp // bk,
+    out_BTNH = _flash(kernel, bool(causal), float(scale), tp // bq, sp // bk,
                       _pad(q_BTNH, tp, 0), _pad(k_BSKH, sp, 0), _pad(v_BSKH, sp, 0),
                       _pad(q_seg_BT, tp, _PAD_Q_SEG), _pad(k_seg_BS, sp, _PAD_K_SEG),
                       _pad(q_pos_BT, tp, 0), _pad(k_pos_BS, sp, 0))
@@ -263,7 +147,7 @@ def blockwise_attention(q_BTNH, k_BSKH, v_BSKH, q_seg_BT, k_seg_BS, q_pos_BT, k_
 # ---------------------------------------------------------------------------------- cuDNN
 def cudnn_available() -> bool:
     """True when JAX sees an NVIDIA GPU (cuDNN flash attention is possible)."""
-    return any(d.platform == "gpu" for d in jax.devices())
+    return blocks.gpu_available()
 
 
 def _require_cudnn():
@@ -294,25 +178,57 @@ def cudnn_attention(q_BTNH, k_BSKH, v_BSKH, q_seg_BT, k_seg_BS, q_pos_BT, k_pos_
 IMPLS = ("dense", "blockwise", "cudnn", "ring")
 
 
-def get_attention(impl: str, *, block_q: int = 512, block_k: int = 512,
+def validate(impl: str, kernel: str = "xla", block_q: int = 512, block_k: int = 512, *,
+             seq_len: int | None = None, context: int = 1, prefix: str = "attn",
+             seq_field: str = "seq_len") -> None:
+    """Checks an attention config before anything runs; errors name the field and the fix.
+
+    Args:
+      impl, kernel, block_q, block_k: the `attn` section's fields.
+      seq_len: a stage's T (checked against the ring's layout when given).
+      context: size of the mesh's context axis.
+      prefix: how the config spells the section ('attn').
+      seq_field: how the config spells seq_len (e.g. 'stages.s1_180k.seq_len').
+    """
+    if impl not in IMPLS:
+        raise ValueError(f"{prefix}.impl={impl!r}; expected one of {IMPLS}.")
+    for name, v in (("block_q", block_q), ("block_k", block_k)):
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise ValueError(f"{prefix}.{name}={v!r} must be a positive number of tokens.")
+    if impl == "cudnn":
+        _require_cudnn()
+    if impl in ("blockwise", "ring"):
+        blocks.check_kernel(kernel, field=f"{prefix}.kernel")
+    if impl == "ring" and seq_len is not None:
+        from lctx import ring_attention  # lazy: the mesh machinery only when used
+        ring_attention.ring_blocks(seq_len, context, block_q, block_k, names=(
+            seq_field, "mesh.context", f"{prefix}.block_q", f"{prefix}.block_k"))
+
+
+def get_attention(impl: str, *, block_q: int = 512, block_k: int = 512, kernel: str = "xla",
                   ring_axis: str = "context") -> Callable:
     """The `attend` function for an implementation name, with its options bound.
 
     Args:
       impl: 'dense' | 'blockwise' | 'cudnn' | 'ring' (ring needs an active mesh, see
         `lctx.sharding`).
-      block_q, block_k: blockwise block lengths.
+      block_q, block_k: block lengths of blockwise and of the ring's steps (the ring uses
+        the largest divisor of its layout chunk not above them, see `ring_blocks`).
+      kernel: block kernel of blockwise and ring ('xla' | 'cudnn', `lctx.blocks.KERNELS`).
       ring_axis: mesh axis holding the sequence shards for 'ring'.
     """
+    if impl in ("blockwise", "ring"):
+        blocks.check_kernel(kernel)  # fail when the model is built, not inside a trace
     if impl == "dense":
         return dense_attention
     if impl == "blockwise":
-        return functools.partial(blockwise_attention, block_q=block_q, block_k=block_k)
+        return functools.partial(blockwise_attention, block_q=block_q, block_k=block_k,
+                                 kernel=kernel)
     if impl == "cudnn":
-        _require_cudnn()  # fail when the model is built, not deep inside a trace
+        _require_cudnn()
         return cudnn_attention
     if impl == "ring":
         from lctx import ring_attention  # lazy: needs the mesh machinery only when used
-        # Ring picks its inner block from the shard length (gcd with 512).
-        return functools.partial(ring_attention.ring_attention, axis_name=ring_axis)
+        return functools.partial(ring_attention.ring_attention, axis_name=ring_axis,
+                                 block_q=block_q, block_k=block_k, kernel=kernel)
     raise ValueError(f"attn_impl={impl!r}; expected one of {IMPLS}.")

@@ -28,8 +28,9 @@ from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
 from lctx import attention as attn_lib
+from lctx import blocks as blocks_lib
 from lctx import rope as rope_lib
-from lctx.sharding import constrain
+from lctx.sharding import CONTEXT, constrain
 
 _F32 = jnp.float32
 # Names of the tensors tagged with `checkpoint_name`, for remat="names:a,b" policies.
@@ -77,13 +78,14 @@ class ModelConfig:
     max_seq_len: int = 2048
     rope: rope_lib.RopeConfig = dataclasses.field(default_factory=rope_lib.DefaultRope)
     attn_impl: str = "dense"  # dense | blockwise | cudnn | ring
-    block_q: int = 512
+    block_q: int = 512  # blockwise / ring block lengths, tokens
     block_k: int = 512
+    attn_kernel: str = "xla"  # block kernel of blockwise / ring: xla | cudnn (lctx.blocks)
     param_dtype: str = "float32"
     dtype: str = "float32"  # compute dtype; softmax, norms and logits stay float32
     scan_layers: bool = True
     remat: str = "none"
-    ring_axis: str = "context"
+    ring_axis: str = CONTEXT  # mesh axis of the ring
     init_std: float = 0.02
 
     def __post_init__(self):
@@ -104,6 +106,9 @@ class ModelConfig:
                              "(build one with rope.make_rope(type, **fields)).")
         if self.attn_impl not in attn_lib.IMPLS:
             raise ValueError(f"attn_impl={self.attn_impl!r}; expected one of {attn_lib.IMPLS}.")
+        if self.attn_kernel not in blocks_lib.KERNELS:
+            raise ValueError(f"attn_kernel={self.attn_kernel!r}; expected one of "
+                             f"{sorted(blocks_lib.KERNELS)}.")
         for name in ("param_dtype", "dtype"):
             v = getattr(self, name)
             try:
@@ -297,7 +302,7 @@ class Llama(nnx.Module):
         else:
             layer_kv = None
         attend = attn_lib.get_attention(impl, block_q=c.block_q, block_k=c.block_k,
-                                        ring_axis=c.ring_axis)
+                                        kernel=c.attn_kernel, ring_axis=c.ring_axis)
         graphdef, state = nnx.split(self.layers)
 
         def body(x_BTD, xs):

@@ -56,25 +56,9 @@ def test_blockwise_matches_dense(causal, n, kh, pos):
     ref, out = _run(A.dense_attention, args, causal), _run(bw, args, causal)
     np.testing.assert_allclose(out, ref, atol=F32_OP, rtol=0)
     cot = jax.random.normal(jax.random.key(9), ref.shape)
-    for g_ref, g in zip(_grads(A.dense_attention, args, causal, cot), _grads(bw, args, causal, cot)):
+    grads = zip(_grads(A.dense_attention, args, causal, cot), _grads(bw, args, causal, cot))
+    for g_ref, g in grads:
         np.testing.assert_allclose(g, g_ref, atol=F32_OP, rtol=0)
-
-
-def test_blocks_above_the_diagonal_of_packed_rows_are_skipped():
-    """Causal, packed documents, positions restarting per document: every block pair whose keys
-    all come after its queries is fully masked and must be skipped, though the positions in it
-    overlap (a range test over the batch keeps e.g. queries 24-31 vs keys 32-39). Pairs that are
-    not skipped have an allowed pair."""
-    _, _, _, seg, _, pos, _ = _inputs(t=40)
-    blk = 8
-    for i in range(0, 40, blk):
-        for j in range(0, 40, blk):
-            qs, ks = seg[:, i:i + blk], seg[:, j:j + blk]
-            qp, kp = pos[:, i:i + blk], pos[:, j:j + blk]
-            needed = bool(A._needed(qs, ks, qp, kp, True))
-            assert needed == bool(A.make_mask(qs, ks, qp, kp, True).any()), (i, j)
-            if j > i:
-                assert not needed, (i, j)
 
 
 @pytest.mark.slow
@@ -100,16 +84,6 @@ def test_dense_matches_naive_softmax():
         p = np.exp(s - s.max(-1, keepdims=True))
         ref = (p / p.sum(-1, keepdims=True)) @ v[0, :, kv]
         np.testing.assert_allclose(out[0, :, head], ref, atol=F32_OP, rtol=0)
-
-
-def test_block_attend_logsumexp():
-    args = _inputs(b=1, t=24, segs="one", pos="plain")
-    out, lse = jax.jit(functools.partial(A.block_attend, causal=True, scale=0.37))(*args)
-    q, k = args[0], args[1]
-    s = jnp.einsum("btnh,bsnh->bnts", q, jnp.repeat(k, 2, axis=2)) * 0.37
-    s = jnp.where(jnp.tril(jnp.ones((24, 24), bool)), s, -jnp.inf)
-    np.testing.assert_allclose(lse, jax.nn.logsumexp(s, axis=-1), atol=F32_OP, rtol=0)
-    assert out.dtype == jnp.float32
 
 
 def test_masking_follows_ids_not_index():
@@ -199,3 +173,30 @@ def test_dispatch_and_bad_input():
         A.dense_attention(q, k, v, ids[0][:, :5], *ids[1:], causal=True, scale=1.0)
     with pytest.raises(ValueError, match="block_q=0"):
         A.blockwise_attention(q, k, v, *ids, causal=True, scale=1.0, block_q=0)
+    with pytest.raises(ValueError, match="kernel='flash' is not a block kernel"):
+        A.get_attention("blockwise", kernel="flash")
+
+
+def test_config_blocks_and_kernel_reach_the_ring():
+    """attn.block_q/block_k/kernel are bound into the ring (it used to drop them)."""
+    ring = A.get_attention("ring", block_q=64, block_k=32, kernel="xla", ring_axis="ctx")
+    assert {k: ring.keywords[k] for k in ("block_q", "block_k", "kernel", "axis_name")} == {
+        "block_q": 64, "block_k": 32, "kernel": "xla", "axis_name": "ctx"}
+
+
+def test_validate_names_the_field():
+    A.validate("ring", "xla", 256, 256, seq_len=4096, context=8)
+    with pytest.raises(ValueError, match=r"attn.impl='flash'"):
+        A.validate("flash")
+    with pytest.raises(ValueError, match=r"attn.block_k=0 must be a positive"):
+        A.validate("blockwise", "xla", 64, 0)
+    with pytest.raises(ValueError, match=r"attn.kernel='pallas' is not a block kernel"):
+        A.validate("ring", "pallas")
+    with pytest.raises(ValueError, match=r"stages.s1.seq_len=4100 is not divisible by 16 "
+                                         r"\(2 x mesh.context=8"):
+        A.validate("ring", seq_len=4100, context=8, seq_field="stages.s1.seq_len")
+    A.validate("ring", "xla", 400, 257, seq_len=257 * 16, context=8)  # blocks clip to 257
+    with pytest.raises(ValueError, match=r"attn.block_q=200: the ring's chunk of 257 tokens "
+                                         r"\(stages.s2.seq_len=4112 / 16\) has no divisor"):
+        A.validate("ring", "xla", 200, 257, seq_len=257 * 16, context=8,
+                   seq_field="stages.s2.seq_len")

@@ -27,3 +27,20 @@ def sp_model_path(tmp_path_factory, kjv_text):
     from lctx.tokenizer import train_sentencepiece
     out = tmp_path_factory.mktemp("tok") / "kjv1k"
     return train_sentencepiece(kjv_text[:1_500_000], 1024, str(out))
+
+
+@pytest.fixture
+def cudnn_twin(monkeypatch):
+    """Runs the 'cudnn' block kernel's own code on CPU: `jax.nn.dot_product_attention` is
+    forced to implementation='xla', which returns what the cuDNN path returns with
+    `return_residual=True` (logsumexp [B, Q, N] in the input dtype)."""
+    import jax
+    from lctx import blocks
+    real = jax.nn.dot_product_attention
+
+    def twin(*a, implementation=None, **kw):
+        assert implementation == "cudnn"
+        return real(*a, implementation="xla", **kw)
+
+    monkeypatch.setattr(jax.nn, "dot_product_attention", twin)
+    monkeypatch.setitem(blocks.KERNELS, "cudnn", blocks.KERNELS["cudnn"]._replace(gpu=False))

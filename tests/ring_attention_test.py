@@ -2,6 +2,7 @@
 devices, for 1-D and 2-D meshes, causal and full, GQA, packed documents whose segments cross
 shard boundaries, zigzag and contiguous layouts; plus layout, balance and bad-input checks."""
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -66,12 +67,27 @@ MESHES = {"ctx8": {"context": 8}, "fsdp2_ctx4": {"fsdp": 2, "context": 4},
           "ctx4_tensor2": {"context": 4, "tensor": 2}}
 
 
-# The fast set covers every mesh, both layouts and both maskings; the rest of the cross
+# The fast set covers every mesh, every layout and both maskings; the rest of the cross
 # product runs under the slow marker.
 FAST = {("ctx8", True, "zigzag"), ("ctx8", False, "contiguous"), ("ctx8", True, "contiguous"),
-        ("fsdp2_ctx4", True, "zigzag"), ("ctx4_tensor2", False, "zigzag")}
+        ("fsdp2_ctx4", True, "zigzag"), ("ctx4_tensor2", False, "zigzag"),
+        ("ctx8", True, "balanced")}
 CASES = [pytest.param(m, c, l, marks=() if (m, c, l) in FAST else pytest.mark.slow)
-         for m in sorted(MESHES) for c in (True, False) for l in ("zigzag", "contiguous")]
+         for m in sorted(MESHES) for c in (True, False) for l in ("zigzag", "contiguous")] + [
+             pytest.param("fsdp2_ctx4", True, "balanced", marks=pytest.mark.slow),
+             pytest.param("ctx8", True, "balanced")]
+
+
+def _perm(layout, seg, pos, c, unit):
+    """[B, T] per-row permutation of a layout ('balanced' differs per row)."""
+    if layout == "balanced":
+        return np.stack([ra.balanced_indices(s, p, c, unit) for s, p in zip(seg, pos)])
+    return np.broadcast_to(ra.layout_indices(layout, T, c), seg.shape)
+
+
+def _take(x, perm_BT):
+    return jnp.take_along_axis(x, jnp.asarray(perm_BT).reshape(perm_BT.shape + (1,) * (
+        x.ndim - 2)), axis=1)
 
 
 @pytest.mark.parametrize("mesh_name,causal,layout", CASES)
@@ -79,17 +95,18 @@ def test_ring_equals_dense(mesh_name, causal, layout):
     mesh = _mesh(MESHES[mesh_name])
     c = mesh.shape["context"]
     q, k, v, seg, pos = _inputs()
-    perm = ra.layout_indices(layout, T, c)
+    perm = _perm(layout, np.asarray(seg), np.asarray(pos), c, unit=2)
     inv = ra.inverse_indices(perm)
     w_BTNH = jnp.asarray(np.random.default_rng(1).normal(size=(B, T, N, H)), jnp.float32)
 
     @jax.jit
     def ring(q, k, v):
         # Layout applied to tokens, positions and segment ids together; undone on the output.
-        s, p = seg[:, perm], pos[:, perm]
-        out = ra.ring_attention(q[:, perm], k[:, perm], v[:, perm], s, s, p, p, causal=causal,
-                                scale=H**-0.5, mesh=mesh, block=2, layout=layout)
-        return out[:, inv]
+        s, p = _take(seg, perm), _take(pos, perm)
+        out = ra.ring_attention(_take(q, perm), _take(k, perm), _take(v, perm), s, s, p, p,
+                                causal=causal, scale=H**-0.5, mesh=mesh, block_q=2, block_k=2,
+                                layout="contiguous" if layout == "contiguous" else "zigzag")
+        return _take(out, inv)
 
     dense = jax.jit(lambda q, k, v: _dense(q, k, v, seg, pos, causal))
     np.testing.assert_allclose(ring(q, k, v), dense(q, k, v), atol=1e-5, rtol=0)
@@ -108,6 +125,19 @@ def test_no_gqa_and_default_block():
     out = ra.ring_attention(q[:, perm], k[:, perm], v[:, perm], seg[:, perm], seg[:, perm],
                             pos[:, perm], pos[:, perm], causal=True, scale=H**-0.5, mesh=mesh)
     np.testing.assert_allclose(out[:, inv], _dense(q, k, v, seg, pos, True), atol=1e-5)
+
+
+def test_balanced_indices_layout():
+    """Whole units of the row, T/C tokens per device, original order within a device."""
+    seg, pos = _packed_row(256, 5, seed=2)
+    perm = ra.balanced_indices(seg, pos, 4, 8)
+    assert sorted(perm) == list(range(256))
+    units = perm.reshape(-1, 8)
+    assert (units == units[:, :1] + np.arange(8)).all() and (units[:, 0] % 8 == 0).all()
+    assert all((np.diff(units[r * 8:(r + 1) * 8, 0]) > 0).all() for r in range(4))
+    np.testing.assert_array_equal(perm, ra.balanced_indices(seg, pos, 4, 8))  # deterministic
+    with pytest.raises(ValueError, match="T=256 divisible by n_shards x unit = 4 x 24"):
+        ra.balanced_indices(seg, pos, 4, 24)
 
 
 def test_zigzag_indices_layout():
@@ -132,7 +162,7 @@ def test_zigzag_balances_causal_work():
     for layout in ("zigzag", "contiguous"):
         p = pos[:, ra.layout_indices(layout, t, 8)]
         counts[layout] = ra.ring_block_counts(z, z, z, seg, seg, p, p, causal=True, scale=1.0,
-                                              mesh=mesh, block=4, layout=layout)[0]
+                                              mesh=mesh, block_q=4, block_k=4, layout=layout)[0]
     zig, cont = counts["zigzag"], counts["contiguous"]
     print("computed blocks per device  zigzag:", zig, " contiguous:", cont)
     assert zig.max() <= 1.1 * zig.min()
@@ -141,13 +171,52 @@ def test_zigzag_balances_causal_work():
     assert zig.sum() < 0.6 * 8 ** 4 and zig.sum() == cont.sum()
 
 
+def _packed_row(t, n_docs, seed=0):
+    """One row of `n_docs` documents cut at random points, positions restarting per document."""
+    cuts = np.sort(np.random.default_rng(seed).choice(np.arange(1, t), n_docs - 1, replace=False))
+    seg, pos = np.zeros(t, np.int32), np.zeros(t, np.int32)
+    for i, (a, b) in enumerate(zip([0, *cuts], [*cuts, t])):
+        seg[a:b], pos[a:b] = i + 1, np.arange(b - a)
+    return seg, pos
+
+
+def test_balanced_layout_on_packed_rows():
+    """T=16K, 8 devices, 8 documents, 256-token blocks: per device, computed block pairs are
+    within 10% of the mean with the balanced layout (zigzag: 1.52x), and the ring computes
+    exactly the block pairs whose mask is not empty (the old range test computed 527 of 441)."""
+    t, c, blk = 16384, 8, 256
+    mesh = _mesh({"context": c})
+    seg, pos = _packed_row(t, 8)
+    z = jnp.zeros((1, t, 1, 4), jnp.float32)
+    counts = {}
+    for layout in ("zigzag", "balanced"):
+        perm = (ra.zigzag_indices(t, c) if layout == "zigzag" else
+                ra.balanced_indices(seg, pos, c, blk))
+        s, p = jnp.asarray(seg[perm])[None], jnp.asarray(pos[perm])[None]
+        counts[layout] = ra.ring_block_counts(z, z, z, s, s, p, p, causal=True, scale=1.0,
+                                              mesh=mesh, block_q=blk, block_k=blk)[0]
+        # Brute force: block pairs of the permuted row whose mask has an allowed pair.
+        sb, pb = np.asarray(s).reshape(-1, blk), np.asarray(p).reshape(-1, blk)
+        needed = sum(int(((sb[i][:, None, None] == sb[None]) & (pb[i][:, None, None] >= pb[None])
+                          ).any(axis=(0, 2)).sum()) for i in range(len(sb)))
+        assert counts[layout].sum() == needed, (layout, counts[layout].sum(), needed)
+    zig, bal = counts["zigzag"], counts["balanced"]
+    print("computed block pairs per device  zigzag:", zig, " balanced:", bal)
+    assert zig.max() > 1.3 * zig.mean()  # what the balanced layout is for
+    assert bal.max() <= 1.1 * bal.mean() and bal.min() >= 0.9 * bal.mean()
+
+
 def test_bad_inputs_name_the_numbers():
     mesh = _mesh({"context": 8})
     q, k, v, seg, pos = _inputs()
     kw = dict(causal=True, scale=1.0, mesh=mesh)
-    with pytest.raises(ValueError, match=r"sequence length 64 is not divisible by 128 = 2 x "
-                                         r"context size 8 x block 8"):
-        ra.ring_attention(q, k, v, seg, seg, pos, pos, block=8, **kw)
+    with pytest.raises(ValueError, match=r"sequence length=56 is not divisible by 16 \(2 x "
+                                         r"context size=8"):
+        ra.ring_attention(*(x[:, :56] for x in (q, k, v, seg, seg, pos, pos)), **kw)
+    z, ids = jnp.zeros((1, 112, 2, 8)), jnp.zeros((1, 112), jnp.int32)
+    with pytest.raises(ValueError, match="block_q=6: the ring's chunk of 7 tokens .* no divisor "
+                                         "between 3 and 6"):
+        ra.ring_attention(z, z, z, ids, ids, ids, ids, block_q=6, **kw)
     with pytest.raises(ValueError, match="kv heads K=2 are not divisible by .* size 4"):
         m = _mesh({"context": 2, "tensor": 4})
         ra.ring_attention(q, k, v, seg, seg, pos, pos, causal=True, scale=1.0, mesh=m)
@@ -156,9 +225,20 @@ def test_bad_inputs_name_the_numbers():
         ra.ring_attention(q, k3, k3, seg, seg, pos, pos, **kw)
     with pytest.raises(ValueError, match="context axis 'seq'"):
         ra.ring_attention(q, k, v, seg, seg, pos, pos, axis_name="seq", **kw)
+    with pytest.raises(ValueError, match="kernel='flash' is not a block kernel"):
+        ra.ring_attention(q, k, v, seg, seg, pos, pos, kernel="flash", **kw)
     if jax.default_backend() != "gpu":
         with pytest.raises(ValueError, match="kernel='cudnn' needs an NVIDIA GPU"):
             ra.ring_attention(q, k, v, seg, seg, pos, pos, kernel="cudnn", **kw)
+
+
+def test_ring_blocks_honour_the_config():
+    """Block lengths are the configured ones where they divide the layout chunk, else the
+    largest divisor below them (never the old gcd(chunk, 512): 300 tokens gave 4)."""
+    assert ra.ring_blocks(600, 1, 512, 512) == (300, 300)
+    assert ra.ring_blocks(4096, 4, 128, 256) == (128, 256)
+    assert ra.ring_blocks(180 * 1024, 8, 2048, 1024) == (1920, 960)
+    assert ra.ring_blocks(4096, 4, 128, 128, layout="contiguous") == (128, 128)
 
 
 def _layer_scan_temp_bytes(t):
@@ -170,7 +250,7 @@ def _layer_scan_temp_bytes(t):
         q_BTNH = x_BTNH * w
         kv_BTKH = q_BTNH[:, :, :1]
         return ra.ring_attention(q_BTNH, kv_BTKH, kv_BTKH, seg_BT, seg_BT, pos_BT, pos_BT,
-                                 causal=True, scale=0.25, mesh=mesh, block=64,
+                                 causal=True, scale=0.25, mesh=mesh, block_q=64, block_k=64,
                                  layout="contiguous"), None
 
     loss = lambda x, ws: jax.lax.scan(layer, x, ws)[0].sum()
@@ -185,45 +265,6 @@ def test_ring_memory_linear_under_layer_scan():
     assert large < 2.5 * small, (small, large)
 
 
-@pytest.fixture
-def cudnn_twin(monkeypatch):
-    """Runs the 'cudnn' block kernel's own code on CPU: `jax.nn.dot_product_attention` is
-    forced to implementation='xla', which returns exactly what the cuDNN path returns with
-    `return_residual=True` (logsumexp [B, Q, N] in the input dtype)."""
-    real = jax.nn.dot_product_attention
-
-    def twin(*a, implementation=None, **kw):
-        assert implementation == "cudnn"
-        return real(*a, implementation="xla", **kw)
-
-    monkeypatch.setattr(jax.nn, "dot_product_attention", twin)
-    monkeypatch.setattr(ra, "_check_cudnn", lambda: None)
-
-
-@pytest.mark.parametrize("kernel", sorted(ra.BLOCK_KERNELS))
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
-def test_block_kernel_layout_contract(kernel, dtype, cudnn_twin):
-    """Every block kernel returns (out_BQKGH, lse_BKGQ), both float32, equal to the fp32
-    reference; a query with no allowed key gives out 0 and lse -inf."""
-    q, k, v, seg, pos = _inputs(seed=5)
-    q, k, v = (x[:1, :16].astype(dtype) for x in (q, k, v))
-    seg, pos = seg[:1, :16], pos[:1, :16]
-    q_seg = seg.at[:, :2].set(9)  # two queries whose segment has no key
-    allowed_BQR = (q_seg[:, :, None] == seg[:, None]) & (pos[:, :, None] >= pos[:, None])
-    q_BQKGH = q.reshape(1, 16, K, N // K, H)
-    out, lse = jax.jit(ra.BLOCK_KERNELS[kernel], static_argnums=4)(q_BQKGH, k, v, allowed_BQR,
-                                                                   H**-0.5)
-    from lctx.attention import block_attend
-    f32 = lambda x: x.astype(jnp.float32)
-    ref_out, ref_lse = block_attend(f32(q), f32(k), f32(v), q_seg, seg, pos, pos, causal=True,
-                                    scale=H**-0.5)
-    assert out.dtype == lse.dtype == jnp.float32
-    assert out.shape == q_BQKGH.shape and lse.shape == (1, K, N // K, 16)
-    tol = 1e-5 if dtype == jnp.float32 else 5e-2
-    np.testing.assert_allclose(out.reshape(ref_out.shape), ref_out, atol=tol, rtol=0)
-    np.testing.assert_allclose(lse.reshape(ref_lse.shape), ref_lse, atol=tol, rtol=0)
-    assert np.all(np.asarray(lse)[..., :2] == -np.inf) and not np.asarray(out)[:, :2].any()
-
 
 @pytest.mark.parametrize("contexts", [1, 8])
 def test_ring_cudnn_kernel_equals_dense(contexts, cudnn_twin):
@@ -237,7 +278,8 @@ def test_ring_cudnn_kernel_equals_dense(contexts, cudnn_twin):
     def ring(q, k, v):
         s, p = seg[:, perm], pos[:, perm]
         return ra.ring_attention(q[:, perm], k[:, perm], v[:, perm], s, s, p, p, causal=True,
-                                 scale=H**-0.5, mesh=mesh, block=4, kernel="cudnn")[:, inv]
+                                 scale=H**-0.5, mesh=mesh, block_q=4, block_k=4,
+                                 kernel="cudnn")[:, inv]
 
     dense = lambda q, k, v: _dense(q, k, v, seg, pos, True)
     np.testing.assert_allclose(jax.jit(ring)(q, k, v), dense(q, k, v), atol=1e-5, rtol=0)
@@ -246,3 +288,51 @@ def test_ring_cudnn_kernel_equals_dense(contexts, cudnn_twin):
     for a, b in zip(jax.jit(jax.grad(loss(ring), (0, 1, 2)))(q, k, v),
                     jax.grad(loss(dense), (0, 1, 2))(q, k, v)):
         np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
+
+
+def _subjaxprs(eqn):
+    return jax.extend.core.jaxprs_in_params(eqn.params)
+
+
+def _computes(eqn):
+    """Does the equation (or anything nested in it) multiply matrices?"""
+    return eqn.primitive.name == "dot_general" or any(
+        _computes(e) for j in _subjaxprs(eqn) for e in j.eqns)
+
+
+def _ring_loop_bodies(jaxpr):
+    """Bodies of loops (fori_loop: scan or while) that send around the ring, anywhere."""
+    for eqn in jaxpr.eqns:
+        for sub in _subjaxprs(eqn):
+            if eqn.primitive.name in ("scan", "while") and any(
+                    e.primitive.name == "ppermute" for e in sub.eqns):
+                yield sub
+            yield from _ring_loop_bodies(sub)
+
+
+def test_ring_sends_before_it_computes():
+    """In every ring step (forward and backward) the K/V and dK/dV sends read only what the
+    step received, and no matmul of the step reads what they deliver: nothing orders the
+    transfer after the compute or the compute after the transfer, so XLA can overlap them
+    (the CPU backend has no asynchronous collective-permute to inspect in compiled HLO)."""
+    mesh = _mesh({"context": 4})
+    q, k, v, seg, pos = _inputs()
+
+    def loss(q, k, v):
+        return ra.ring_attention(q, k, v, seg, seg, pos, pos, causal=True, scale=0.3,
+                                 mesh=mesh, block_q=4, block_k=4).sum()
+
+    bodies = list(_ring_loop_bodies(jax.make_jaxpr(jax.grad(loss, (0, 1, 2)))(q, k, v).jaxpr))
+    assert len(bodies) == 2  # the forward ring and the backward ring
+    for body in bodies:
+        after_compute, after_send = set(), set()
+        for eqn in body.eqns:
+            ins = {id(x) for x in eqn.invars if isinstance(x, jax.extend.core.Var)}
+            if eqn.primitive.name == "ppermute":
+                assert not ins & after_compute, "a send waits for this step's compute"
+                after_send |= {id(x) for x in eqn.outvars}
+            elif ins & after_send:
+                assert not _computes(eqn), f"{eqn.primitive} computes on what a send delivers"
+                after_send |= {id(x) for x in eqn.outvars}
+            if _computes(eqn) or ins & after_compute:
+                after_compute |= {id(x) for x in eqn.outvars}
