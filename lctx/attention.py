@@ -48,6 +48,10 @@ def _check(q_BTNH, k_BSKH, v_BSKH, q_seg_BT, k_seg_BS, q_pos_BT, k_pos_BS):
     return b, t, n, h, s, kh
 
 
+# One block pair, materialised: (out_BQNH float32, lse_BNQ float32), the XLA block kernel.
+block_attend = blocks.xla_fwd
+
+
 def dense_attention(q_BTNH, k_BSKH, v_BSKH, q_seg_BT, k_seg_BS, q_pos_BT, k_pos_BS, *,
                     causal: bool, scale: float):
     """Reference attention: the XLA block kernel over the whole sequence, differentiated by
@@ -91,10 +95,9 @@ def _flash_bwd(kernel, causal, scale, nq, nk, res, do_BTNH):
     args, out_BTNH, lse_n = res
     q_BTNH, k_BSKH, v_BSKH = args[:3]
     q_span, kv_span = _spans(nq, nk, *args)
-    do_n = blocks.split_blocks(do_BTNH, nq)
-    delta_n = blocks.row_delta(do_n, blocks.split_blocks(out_BTNH, nq))
+    do_n, out_n = blocks.split_blocks(do_BTNH, nq), blocks.split_blocks(out_BTNH, nq)
     dq_n, dk_m, dv_m = blocks.span_bwd(
-        blocks.KERNELS[kernel], (*q_span, do_n, lse_n, delta_n), kv_span,
+        blocks.KERNELS[kernel], (*q_span, out_n, lse_n, do_n), kv_span,
         jnp.zeros(do_n.shape, jnp.float32), causal=causal, scale=scale)
     join = blocks.join_blocks
     return (join(dq_n).astype(q_BTNH.dtype), join(dk_m).astype(k_BSKH.dtype),

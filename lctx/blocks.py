@@ -17,12 +17,14 @@ Block kernel contract (a `BlockKernel`; a new kernel registers in `KERNELS`):
     `lse_BNQ` is float32, laid out [B, N, Q]: the natural-log logsumexp over the allowed keys
     of `scale * q.k`, -inf for a query with no allowed key.
 
-  bwd(q_BQNH, k_BRKH, v_BRKH, q_seg_BQ, k_seg_BR, q_pos_BQ, k_pos_BR, do_BQNH, lse_BNQ,
-      delta_BNQ, *, causal, scale) -> (dq_BQNH, dk_BRKH, dv_BRKH), float32
-    The flash-attention backward of one block pair, where `lse_BNQ` and
-    `delta_BNQ = rowsum(dO * O)` (float32) belong to the whole attention row (every key
-    block, every ring step), so `exp(scale * q.k - lse)` are the row's true probabilities.
-    The loops never differentiate through `fwd`: a kernel's own VJP is not used.
+  bwd(q_BQNH, k_BRKH, v_BRKH, q_seg_BQ, k_seg_BR, q_pos_BQ, k_pos_BR, out_BQNH, lse_BNQ,
+      do_BQNH, *, causal, scale) -> (dq_BQNH, dk_BRKH, dv_BRKH), float32
+    The flash-attention backward of one block pair, where `out_BQNH` and `lse_BNQ` (float32)
+    belong to the whole attention row (every key block, every ring step), so
+    `exp(scale * q.k - lse)` are the row's true probabilities and `rowsum(dO * out)` its
+    softmax-Jacobian term. The loops never differentiate through `fwd`: a kernel's own VJP
+    is not used. (`lctx.cudnn_attention.block_fwd/block_bwd` follow the same layout and
+    argument order, plus a static `kind` of the pair that the ring's step plan supplies.)
 
 Axes: B batch, Q / R query / key block length, N query heads, K kv heads, G = N / K,
 H head dim; a leading `n` / `m` is the query / key block index of a stacked span.
@@ -90,9 +92,9 @@ def xla_fwd(q_BQNH, k_BRKH, v_BRKH, q_seg_BQ, k_seg_BR, q_pos_BQ, k_pos_BR, *, c
     return o_BQKGH.reshape(b, q, n, h), lse_BKGQ.reshape(b, n, q)
 
 
-def xla_bwd(q_BQNH, k_BRKH, v_BRKH, q_seg_BQ, k_seg_BR, q_pos_BQ, k_pos_BR, do_BQNH, lse_BNQ,
-            delta_BNQ, *, causal: bool, scale: float):
-    """Flash backward of one block pair from the row's logsumexp and delta.
+def xla_bwd(q_BQNH, k_BRKH, v_BRKH, q_seg_BQ, k_seg_BR, q_pos_BQ, k_pos_BR, out_BQNH, lse_BNQ,
+            do_BQNH, *, causal: bool, scale: float):
+    """Flash backward of one block pair from the row's output and logsumexp.
 
     Matmul operands are in the input dtype (bf16 on GPU) with float32 accumulation; the
     softmax algebra (p, dS) is float32. With float32 inputs everything is float32.
@@ -100,6 +102,8 @@ def xla_bwd(q_BQNH, k_BRKH, v_BRKH, q_seg_BQ, k_seg_BR, q_pos_BQ, k_pos_BR, do_B
     b, q, n, h = q_BQNH.shape
     kh, dt = k_BRKH.shape[2], q_BQNH.dtype
     q_BQKGH, do_BQKGH = _grouped(q_BQNH, kh), _grouped(do_BQNH.astype(dt), kh)
+    # rowsum(dO * O): Q*N*H multiply-adds, ~1/(8R) of this pair's matmul work.
+    delta_BNQ = jnp.swapaxes((do_BQNH.astype(_F32) * out_BQNH.astype(_F32)).sum(-1), -1, -2)
     lse_BKGQ, delta_BKGQ = lse_BNQ.reshape(b, kh, n // kh, q), delta_BNQ.reshape(b, kh, n // kh, q)
     mm = functools.partial(jnp.einsum, preferred_element_type=_F32)
     s_BKGQR = mm("bqkgh,brkh->bkgqr", q_BQKGH, k_BRKH) * scale
@@ -226,8 +230,8 @@ def span_bwd(kernel: BlockKernel, q_span, kv_span, dq_acc, *, causal: bool, scal
 
     Args:
       kernel: the block kernel.
-      q_span: (q, q_seg, q_pos, do_nBQNH, lse_nBNQ, delta_nBNQ), stacked over query blocks;
-        lse and delta are the whole row's.
+      q_span: (q, q_seg, q_pos, out_nBQNH, lse_nBNQ, do_nBQNH), stacked over query blocks;
+        out and lse are the whole row's.
       kv_span: as in `span_fwd`.
       dq_acc: dq_nBQNH float32.
 
@@ -241,11 +245,11 @@ def span_bwd(kernel: BlockKernel, q_span, kv_span, dq_acc, *, causal: bool, scal
         zero_kv = jnp.zeros_like(k_BRKH, _F32)
 
         def q_block(dkv, xs):
-            q_BQNH, q_seg_BQ, q_pos_BQ, do_BQNH, lse_BNQ, delta_BNQ = xs
+            q_BQNH, q_seg_BQ, q_pos_BQ, out_BQNH, lse_BNQ, do_BQNH = xs
 
             def compute(_):
                 return bwd(q_BQNH, k_BRKH, v_BRKH, q_seg_BQ, k_seg_BR, q_pos_BQ, k_pos_BR,
-                           do_BQNH, lse_BNQ, delta_BNQ)
+                           out_BQNH, lse_BNQ, do_BQNH)
 
             def skip(_):
                 return jnp.zeros_like(do_BQNH, _F32), zero_kv, zero_kv
@@ -259,11 +263,6 @@ def span_bwd(kernel: BlockKernel, q_span, kv_span, dq_acc, *, causal: bool, scal
 
     dq_acc, (dk_m, dv_m) = lax.scan(k_block, dq_acc, kv_span)
     return dq_acc, dk_m, dv_m
-
-
-def row_delta(do_nBQNH, out_nBQNH):
-    """delta = rowsum(dO * O), float32 [..., N, Q]: the softmax-Jacobian term of the backward."""
-    return jnp.swapaxes((do_nBQNH.astype(_F32) * out_nBQNH.astype(_F32)).sum(-1), -1, -2)
 
 
 def tie(*xs):

