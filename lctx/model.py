@@ -1,7 +1,7 @@
 """Llama-3.x decoder in Flax NNX: GQA, RMSNorm, SwiGLU, scanned layers, remat, KV cache.
 
 Axes: B batch, T query positions, S key (cache) positions, D model dim, N query heads,
-K kv heads, G = N / K, H head dim, F mlp dim, V vocab, L layers.
+K kv heads, G = N / K, H head dim, F mlp dim, V vocab, L layers, P = B * T tokens.
 
 Entry points::
 
@@ -141,6 +141,20 @@ class KVCache(NamedTuple):
     length: jax.Array  # int32 scalar: slots [0, length) are written
 
 
+def _tokens(eq, x_BT_, w):
+    """einsum over the token axes flattened, [B, T, ...] -> [B * T, ...] -> back (bitcasts).
+
+    The weight gradient then contracts one token axis instead of two (B and T): XLA:CPU
+    lowers a two-axis contraction by transposing the [B, T, F] cotangent to [F, B * T]
+    first, a copy fused with the elementwise backward that writes it column by column: the
+    "SwiGLU backward" and Q/K/V-gradient copies of issue 17's profile, ~20-25% of
+    bench/model_bench.py's CPU step.
+    """
+    b, t = x_BT_.shape[:2]
+    y = jnp.einsum(eq, x_BT_.reshape((b * t,) + x_BT_.shape[2:]), w)
+    return y.reshape((b, t) + y.shape[1:])
+
+
 def _param(rngs, shape, names, cfg, init="normal"):
     if init == "ones":
         value = jnp.ones(shape, cfg.param_dtype)
@@ -176,9 +190,9 @@ class Attention(nnx.Module):
 
     def __call__(self, x_BTD, cos_BTK, sin_BTK, seg_BT, pos_BT, attend, kv=None):
         dt = self.dtype
-        q_BTNH = jnp.einsum("btd,dnh->btnh", x_BTD, self.wq[...].astype(dt))
-        k_BTKH = jnp.einsum("btd,dkh->btkh", x_BTD, self.wk[...].astype(dt))
-        v_BTKH = jnp.einsum("btd,dkh->btkh", x_BTD, self.wv[...].astype(dt))
+        q_BTNH = _tokens("pd,dnh->pnh", x_BTD, self.wq[...].astype(dt))
+        k_BTKH = _tokens("pd,dkh->pkh", x_BTD, self.wk[...].astype(dt))
+        v_BTKH = _tokens("pd,dkh->pkh", x_BTD, self.wv[...].astype(dt))
         q_BTNH = rope_lib.apply_rope(q_BTNH, cos_BTK, sin_BTK)
         k_BTKH = rope_lib.apply_rope(k_BTKH, cos_BTK, sin_BTK)
         q_BTNH, k_BTKH, v_BTKH = checkpoint_name((q_BTNH, k_BTKH, v_BTKH), "qkv")
@@ -194,7 +208,7 @@ class Attention(nnx.Module):
         ctx_BTNH = attend(q_BTNH, k_BSKH, v_BSKH, seg_BT, k_seg, pos_BT, k_pos,
                           causal=True, scale=self.scale)
         ctx_BTNH = checkpoint_name(ctx_BTNH, "attn_context")
-        out_BTD = jnp.einsum("btnh,nhd->btd", ctx_BTNH, self.wo[...].astype(dt))
+        out_BTD = _tokens("pnh,nhd->pd", ctx_BTNH, self.wo[...].astype(dt))
         return checkpoint_name(out_BTD, "attn_out"), new_kv
 
 
@@ -212,12 +226,12 @@ class MLP(nnx.Module):
         dt = self.dtype
         # Without these constraints XLA may shard D (fsdp x context) and keep full-T [B, T, F]
         # activations on every device; T stays split over the context axis (identity off-mesh).
-        gate_BTF = constrain(jnp.einsum("btd,df->btf", x_BTD, self.w_gate[...].astype(dt)),
+        gate_BTF = constrain(_tokens("pd,df->pf", x_BTD, self.w_gate[...].astype(dt)),
                              ("batch", "seq", "mlp"))
-        up_BTF = constrain(jnp.einsum("btd,df->btf", x_BTD, self.w_up[...].astype(dt)),
+        up_BTF = constrain(_tokens("pd,df->pf", x_BTD, self.w_up[...].astype(dt)),
                            ("batch", "seq", "mlp"))
         h_BTF = checkpoint_name(jax.nn.silu(gate_BTF) * up_BTF, "mlp_hidden")
-        out_BTD = jnp.einsum("btf,fd->btd", h_BTF, self.w_down[...].astype(dt))
+        out_BTD = _tokens("pf,fd->pd", h_BTF, self.w_down[...].astype(dt))
         return checkpoint_name(out_BTD, "mlp_out")
 
 
