@@ -127,6 +127,19 @@ def base_config() -> mc.ConfigDict:
         batches=2,  # batches per evaluation
         path="",  # ArrayRecord glob of held-out data ('' = training data, another order)
     ))
+    # Each stage's HF export evaluated when the stage finishes (lctx.stage_evals runs the
+    # evals CLIs in their own processes; results in <workdir>/eval/<stage>/<bench>/).
+    c.eval.ruler = mc.ConfigDict(dict(
+        enabled=False,  # run RULER on every stage's export
+        runner="vllm",  # evals runner: vllm | lctx | openai
+        lengths="",  # comma list of tokens ('' = 4K doubling up to the stage length)
+        args="--tasks=all --samples=500 --chat_template=meta-llama3",  # more evals.ruler flags
+    ))
+    c.eval.infinitebench = mc.ConfigDict(dict(
+        enabled=False,  # run InfiniteBench on every stage's export
+        runner="vllm",  # evals runner: vllm | lctx | openai
+        args="--preset=he2025",  # more evals.infinitebench flags (He et al. Table 1 tasks)
+    ))
     c.log = mc.ConfigDict(dict(
         every_steps=1,  # metrics to JSONL/console every N steps
         peak_tflops=989.0,  # per-device peak for MFU, TFLOP/s (H100 SXM bf16 dense)

@@ -34,6 +34,7 @@ from lctx import hf
 from lctx import metrics as metrics_lib
 from lctx import run as run_lib
 from lctx import sharding
+from lctx import stage_evals
 from lctx import validate as validate_lib
 from lctx.run import ConfigError
 from lctx.step import Built, eval_step, flops_per_token, fresh_state
@@ -271,6 +272,8 @@ def train_stage(run: run_lib.Run, built: Built, traced, writer, found) -> dict:
     _log_data(run, stage, stats)
     if stage.export_hf:
         export(run, stage, built.graphdef, sr.state["params"])
+        if jax.process_index() == 0:
+            stage_evals.evaluate(run, stage)
     return sr.last_metrics
 
 
@@ -308,9 +311,11 @@ def train_and_evaluate(cfg, workdir: str) -> dict[str, Any]:
     results, found = {}, plan.found
     for name in run.stages:
         stage = run.stage(name)
-        if name not in plan.todo:
+        if name not in plan.todo:  # finished earlier: its export and evaluations may be due
             if stage.export_hf and not run.exported(name):
                 export_finished(run, stage, mesh)
+            if stage.export_hf and jax.process_index() == 0:
+                stage_evals.evaluate(run, stage)
             continue
         with sharding.use_mesh(mesh, run.rules):
             results[name] = train_stage(run, *plan.built.pop(name), writer, found)

@@ -25,6 +25,7 @@ import jax
 
 from lctx import hf
 from lctx import sharding
+from lctx import stage_evals
 from lctx import step as step_lib
 from lctx.run import ConfigError, Run, Stage
 
@@ -45,6 +46,7 @@ def validate(run: Run, mesh) -> Plan:
     check_fields(cfg)
     for name in run.stages:
         run.stage(name)  # RoPE, seq_len and the model config of every stage
+    stage_evals.check(run)
     found = run.latest()
     first = 0 if found is None else run.stages.index(found.stage) + int(found.finished)
     for name in run.stages[:first + 1 if found is not None else 0]:
