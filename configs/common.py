@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import ml_collections as mc
 
+from lctx import sharding
+
 # Llama-3.1-8B-Instruct (HF config.json of meta-llama/Llama-3.1-8B-Instruct).
 LLAMA31_8B = dict(vocab_size=128256, d_model=4096, n_layers=32, n_heads=32, n_kv_heads=8,
                   head_dim=128, mlp_dim=14336, norm_eps=1e-5, tie_embeddings=False)
@@ -88,6 +90,10 @@ def base_config() -> mc.ConfigDict:
         fsdp=-1,  # parameter/optimizer shards (-1 = all remaining devices)
         context=1,  # sequence shards (ring attention); > 1 also zigzags the data
         tensor=1,  # tensor-parallel shards
+        # Logical tensor axis -> mesh axes (None = replicated); the model names only logical
+        # axes. Default: lctx.sharding's (batch over data x fsdp, seq over context, weights'
+        # embed over fsdp x context, heads / mlp / vocab over tensor).
+        rules=sharding.DEFAULT_RULES,
     ))
     c.data = mc.ConfigDict(dict(
         recipe="",  # datagen recipe that produced the data (provenance only)

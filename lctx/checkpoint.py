@@ -132,12 +132,13 @@ def load_external(directory: str, abstract_state: Any) -> tuple[Any, dict[str, A
     return state, meta
 
 
-def load_params(directory: str, step: int, mcfg: Any, mesh: Any = None) -> tuple[Any, dict]:
+def load_params(directory: str, step: int, mcfg: Any, mesh: Any = None,
+                rules: Any = None) -> tuple[Any, dict]:
     """A `Llama` with the parameters of `<directory>/<step>` (a stage directory's step).
 
     Only the `params` of the saved {params, opt, step, rng} are read, straight into their
-    shardings on `mesh` (`lctx.sharding` rules; None: the first device); the optimizer
-    moments are never loaded.
+    shardings on `mesh` by `rules` (default: lctx.sharding's; no mesh: the first device);
+    the optimizer moments are never loaded.
 
     Returns:
       (the model, the checkpoint's meta dict).
@@ -150,7 +151,8 @@ def load_params(directory: str, step: int, mcfg: Any, mesh: Any = None) -> tuple
     graphdef, abs_params = nnx.split(nnx.eval_shape(lambda: model_lib.Llama(
         mcfg, rngs=nnx.Rngs(0))))
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    shardings = (sharding.param_shardings(abs_params, mesh) if mesh is not None else
+    shardings = (sharding.param_shardings(abs_params, mesh, rules or sharding.DEFAULT_RULES)
+                 if mesh is not None else
                  jax.tree.map(lambda _: device, abs_params))
     target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                           abs_params, shardings)

@@ -140,7 +140,7 @@ def plan_cell(cfg, stage: str, seq: int, devices: int, compile_layers: bool = Tr
     import jax
 
     from lctx import optim, sharding, trainer
-    mesh = sharding.make_mesh({k: int(v) for k, v in cfg.mesh.items()},
+    mesh = sharding.make_mesh({k: int(cfg.mesh[k]) for k in sharding.MESH_AXES},
                               devices=jax.devices()[:devices])
     scfg = cfg.stages[stage]
     mcfg = dataclasses.replace(trainer.model_config(cfg, scfg.rope),

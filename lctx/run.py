@@ -243,7 +243,7 @@ class Run:
             raise FileNotFoundError(f"{found.directory}/{step} has no 'state' item "
                                     f"(step={step} not saved?)")
         mcfg = model_config(self.cfg, self.stage(found.stage).rope_dict, **overrides)
-        model, meta = ckpt_lib.load_params(found.directory, step, mcfg, mesh)
+        model, meta = ckpt_lib.load_params(found.directory, step, mcfg, mesh, self.rules)
         return mcfg, model, dict(meta, workdir=self.workdir)
 
 

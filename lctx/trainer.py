@@ -240,7 +240,8 @@ def export_finished(run: run_lib.Run, stage: run_lib.Stage, mesh) -> None:
     logging.warning("stage %s finished (step %d) but has no HF export in %s: exporting now",
                     stage.name, found.step, stage.export_dir)
     with sharding.use_mesh(mesh, run.rules):
-        model, _ = ckpt_lib.load_params(found.directory, found.step, stage.model, mesh)
+        model, _ = ckpt_lib.load_params(found.directory, found.step, stage.model, mesh,
+                                        run.rules)
         graphdef, params = nnx.split(model, nnx.Param)
         export(run, stage, graphdef, params)
 

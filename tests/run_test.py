@@ -83,3 +83,20 @@ def test_open_and_locate_a_run_on_disk(tmp_path):
     assert json.loads((wd / "config.json").read_text())["data"]["tokenizer"] == "/t"
     with pytest.raises(FileNotFoundError, match="config.json is missing"):
         run_lib.Run.open(str(tmp_path))
+
+
+def test_mesh_rules_are_config_data():
+    """cfg.mesh.rules decide the shardings (here: embed replicated instead of fsdp x context)."""
+    from lctx import sharding, step
+    c = config()
+    c.mesh.update(data=1, fsdp=-1)
+    run = run_lib.Run(c, "/w")
+    mesh = sharding.make_mesh([(a, c.mesh[a]) for a in sharding.MESH_AXES])
+    def embed_axes(r):  # the mesh axes of wq's [L, D, N, H] embed (D) dimension
+        spec = step.build_stage(r, r.stage("s1"), mesh).abstract["params"]["layers"]["attn"][
+            "wq"].sharding.spec
+        return spec[1]
+
+    assert "fsdp" in embed_axes(run)
+    c.mesh.rules = tuple((k, None if k == "embed" else v) for k, v in sharding.DEFAULT_RULES)
+    assert embed_axes(run_lib.Run(c, "/w")) is None
