@@ -153,3 +153,19 @@ def test_cuda_extras_name_jax_plugins():
     setup_py = open(os.path.join(ROOT, "setup.py")).read()
     assert '"cuda": CUDA12' in setup_py and '"cuda13": CUDA13' in setup_py
     assert "nvidia-smi -L" in open(os.path.join(ROOT, "setup.sh")).read()
+
+
+def test_datagen_array_reads_the_paper_stages_from_presets():
+    """The sbatch file's default lengths and sample counts are datagen.presets', not copies."""
+    from datagen.presets import PAPER_STAGES
+    path = os.path.join(ROOT, "launch/datagen_array.sbatch")
+    script = open(path).read()
+    subprocess.run(["bash", "-n", path], check=True)
+    assert "2000" not in script and "180k" not in script
+    defaults = "\n".join(ln for ln in script.splitlines() if ln.startswith(("LENGTHS=",
+                                                                          "SAMPLES=")))
+    out = subprocess.run(["bash", "-c", defaults.replace("python ", f"{sys.executable} ")
+                          + '\necho "$LENGTHS $SAMPLES"'], cwd=ROOT, capture_output=True,
+                         text=True, check=True, env=dict(os.environ, PYTHONPATH=ROOT)).stdout
+    assert out.split() == [",".join(s.alias for s in PAPER_STAGES),
+                           ",".join(str(s.samples) for s in PAPER_STAGES)]
