@@ -2,17 +2,27 @@
 
   python -m evals.plot --results=a/results.json,b/results.json --out=curves.png
 
-Left panel: per-length mean over tasks per model (He et al. Fig. 4 style) with the 85.6
-threshold; right panel: per-task accuracy vs length for the first model (Fig. 5 style).
+First panel: per-length mean over tasks per model (He et al. Fig. 4 style) with the 85.6
+threshold; then one per-task panel per model (Fig. 5 style). Lengths are the runs' own, on a
+log axis labelled as people write them (4K, 128K, 1M; 384 for a short run).
 """
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from typing import Sequence
 
 from evals.ruler import scoring
+
+
+def length_label(n: int) -> str:
+    """4096 -> '4K', 131072 -> '128K', 1048576 -> '1M', 1000000 -> '1M', 1536 -> '1536'."""
+    for unit, suffix in ((1 << 20, "M"), (1 << 10, "K"), (10**6, "M"), (10**3, "K")):
+        if n >= unit and n % unit == 0:
+            return f"{n // unit}{suffix}"
+    return str(n)
 
 
 def curves(docs: Sequence[dict]) -> dict[str, dict[int, float]]:
@@ -33,7 +43,7 @@ def task_curves(doc: dict) -> dict[str, dict[int, float]]:
 def effective_table(docs: Sequence[dict]) -> str:
     """Markdown table: model, score per length, weighted averages, effective length."""
     lengths = sorted({int(k) for d in docs for k in d["summary"]["length_means"]})
-    head = ["model"] + [f"{L // 1024}K" if L % 1024 == 0 else str(L) for L in lengths] + \
+    head = ["model"] + [length_label(L) for L in lengths] + \
         ["avg", "wAvg inc", "wAvg dec", "effective"]
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for d in docs:
@@ -46,33 +56,57 @@ def effective_table(docs: Sequence[dict]) -> str:
     return "\n".join(rows)
 
 
-def plot(docs: Sequence[dict], out: str, threshold: float = scoring.EFFECTIVE_THRESHOLD):
-    """Draws both panels to `out` (PNG, written atomically); returns the figure."""
-    import matplotlib
-    matplotlib.use("Agg")
+def _length_axis(ax, lengths: Sequence[int]) -> None:
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(list(lengths), [length_label(L) for L in lengths])
+    ax.minorticks_off()
+    ax.set_xlabel("context length (tokens)")
+    ax.set_ylim(-2, 102)
+    ax.grid(alpha=0.3)
+
+
+def plot(docs: Sequence[dict], out: str | None = None,
+         threshold: float = scoring.EFFECTIVE_THRESHOLD):
+    """The mean-curve panel and a per-task panel for every model; written to `out` (PNG,
+    atomically) when given. Returns the figure (shown inline in a notebook)."""
     import matplotlib.pyplot as plt
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    if not docs:
+        raise ValueError("no results to plot")
+    lengths = sorted({int(k) for d in docs for k in d["summary"]["length_means"]})
+    n = 1 + len(docs)
+    cols = min(n, 3)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 4.2 * rows), squeeze=False)
+    axes = axes.ravel()
+    ax = axes[0]
     for model, pts in curves(docs).items():
         xs = sorted(pts)
-        ax1.plot(xs, [pts[x] for x in xs], marker="o", label=model)
-    ax1.axhline(threshold, color="gray", ls="--", lw=1, label=f"threshold {threshold}")
-    for ax in (ax1, ax2):
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("context length (tokens)")
-        ax.set_ylim(-2, 102)
-    ax1.set_ylabel("RULER score (mean over tasks)")
-    ax1.set_title("RULER vs context length")
-    ax1.legend(fontsize=8)
-    for task, pts in task_curves(docs[0]).items():
-        xs = sorted(pts)
-        ax2.plot(xs, [pts[x] for x in xs], marker=".", label=task)
-    ax2.set_title(f"per task: {docs[0]['model']}")
-    ax2.legend(fontsize=6, ncol=2)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    tmp = f"{out}.tmp-{os.getpid()}.png"
-    fig.savefig(tmp, dpi=120)
-    os.replace(tmp, out)
+        ax.plot(xs, [pts[x] for x in xs], marker="o", label=model)
+    ax.axhline(threshold, color="gray", ls="--", lw=1, label=f"threshold {threshold}")
+    ax.set_ylabel("RULER score (mean over tasks)")
+    ax.set_title("RULER vs context length")
+    ax.legend(fontsize=8, loc="lower left")
+    _length_axis(ax, lengths)
+    tasks = sorted({t for d in docs for t in task_curves(d)})
+    cmap = plt.get_cmap("tab20")
+    colors = {t: cmap(i % 20) for i, t in enumerate(tasks)}  # one color per task everywhere
+    for ax, d in zip(axes[1:], docs):
+        for task, pts in task_curves(d).items():
+            xs = sorted(pts)
+            ax.plot(xs, [pts[x] for x in xs], marker=".", color=colors[task], label=task)
+        ax.set_title(f"per task: {d['model']}")
+        _length_axis(ax, lengths)
+    for ax in axes[n:]:
+        ax.axis("off")
+    handles = [plt.Line2D([], [], color=colors[t], marker=".", label=t) for t in tasks]
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(tasks), 7), fontsize=8,
+               frameon=False)
+    fig.tight_layout(rect=(0, 0.04 + 0.03 * math.ceil(len(tasks) / 7), 1, 1))
+    if out:
+        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+        tmp = f"{out}.tmp-{os.getpid()}.png"
+        fig.savefig(tmp, dpi=120)
+        os.replace(tmp, out)
     return fig
 
 
@@ -87,6 +121,8 @@ def main(argv=None) -> int:
     if missing:
         p.error(f"--results: not found: {missing}")
     docs = [scoring.load_results(x) for x in paths]
+    import matplotlib
+    matplotlib.use("Agg")  # a command line writes the PNG; no window
     plot(docs, args.out)
     print(effective_table(docs))
     print(f"wrote {args.out}")

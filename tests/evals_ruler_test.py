@@ -163,7 +163,7 @@ def test_too_small_length_and_missing_qa_files(tok):
         prepare("niah_multikey_3", 256, 1, tok, Options(), Resources())
     with pytest.raises(TaskNotRunnable, match="qa_1 not run: pass the squad dev file"):
         prepare("qa_1", 4096, 1, tok, Options(), Resources())
-    with pytest.raises(TaskNotRunnable, match="does not exist"):
+    with pytest.raises(TaskNotRunnable, match="--hotpotqa=/nonexistent.json: no such file"):
         prepare("qa_2", 4096, 1, tok, Options(), Resources(hotpotqa="/nonexistent.json"))
 
 
@@ -271,3 +271,52 @@ def test_zeta_matches_closed_form():
     from evals.ruler import fwe
     assert fwe.zeta(2.0) == pytest.approx(math.pi ** 2 / 6, rel=1e-15)
     assert fwe.zeta(3.0) == pytest.approx(1.2020569031595942, rel=1e-12)
+
+
+def test_sentence_index_equals_splitting_each_prefix(kjv_text):
+    from evals.ruler.text import SentenceIndex
+    words = ("  " + kjv_text[:40_000]).replace("\n", " ").split(" ")  # leading empty words
+    idx = SentenceIndex(words)
+    rng = random.Random(0)
+    for n in [0, 1, 2, 3, len(words)] + [rng.randrange(len(words)) for _ in range(40)]:
+        assert idx.sentences(n) == split_sentences(" ".join(words[:n]).strip()), n
+
+
+@pytest.fixture(scope="module")
+def bpe_tok(tmp_path_factory, kjv_text):
+    """A byte-level BPE tokenizer.json (Llama-3's kind of pre-tokeniser, its specials)."""
+    from vllm_helpers import train_tokenizer
+    return load_tokenizer(train_tokenizer(kjv_text[:200_000],
+                                          str(tmp_path_factory.mktemp("bpe")), 2048))
+
+
+@pytest.mark.parametrize("which", ["sp", "bpe"])
+def test_chunked_counts_equal_whole_tokenisation(tok, bpe_tok, qa_files, which):
+    from evals.ruler.count import ChunkCounter
+    t = tok if which == "sp" else bpe_tok
+    counter = ChunkCounter(t, target=256, min_text=2048)
+    opts = Options(chat_template="meta-llama3", repeat_haystack=True)
+    texts = []
+    for task in constants.TASKS:
+        fam = build_task(task, 12_000, opts, qa_files)
+        for seed in (0, 1):
+            texts.append(fam.render(fam.search.incremental * 30, Rng.from_seed(seed))[0])
+    for text in texts:
+        assert counter.count(text) == len(t.encode(text))
+    assert sum(counter.safe.values()) > 100  # cuts were made and verified
+    assert counter.encoded_bytes < 0.8 * sum(len(x.encode()) for x in texts)  # cache hits
+
+
+def test_chunk_cuts_that_merge_are_dropped():
+    from evals.ruler.count import ChunkCounter
+
+    class Pairs:  # "tokenises" two characters at a time: merges across every space
+        def encode_batch(self, texts):
+            return [[0] * ((len(x) + 1) // 2) for x in texts]
+
+    counter = ChunkCounter(Pairs(), target=16, min_text=64)
+    text = "ab c " * 500 + "d"
+    assert counter.count(text) == (len(text) + 1) // 2
+    assert counter.count(text + "x") == (len(text) + 2) // 2
+    # Its 24-byte windows pass (even lengths), the whole-text check does not: no more cuts.
+    assert counter.trusted is False and any(counter.safe.values())

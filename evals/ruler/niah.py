@@ -16,10 +16,11 @@ import numpy as np
 
 from evals.ruler import constants, fit
 from evals.ruler.base import Family, Options, Rng, cap_or_none
-from evals.ruler.text import split_sentences, wonderwords_lists
+from evals.ruler.text import SentenceIndex, wonderwords_lists
 
 NEEDLE = "One of the special magic {type_needle_v} for {key} is: {value}."
 NOISE = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
+_INDEX: list = []  # [corpus word list, repeats, its SentenceIndex]
 DEPTHS = [int(d) for d in np.round(np.linspace(0, 100, num=40, endpoint=True)).astype(int)]
 
 
@@ -107,11 +108,16 @@ class Niah(Family):
         self.search = fit.SizeSearch(inc, max_len, self.tokens_to_generate, cap,
                                      "after_check" if cap is not None else None)
 
-    def _essay_text(self, n: int) -> str:
-        if n <= len(self.words):
-            return " ".join(self.words[:n])
-        reps = -(-n // len(self.words))  # the 2025 rewrite repeats the corpus
-        return " ".join((self.words * reps)[:n])
+    def _essay_sentences(self, n: int) -> list[str]:
+        """split_sentences(" ".join(words[:n]).strip()), the corpus repeated past its end (the
+        2025 rewrite's haystack), from a cached sentence index of the corpus."""
+        reps = max(1, -(-n // len(self.words)))
+        words, cached_reps, index = _INDEX or (None, 0, None)
+        if words is not self.words or cached_reps != reps:
+            # One corpus at a time: an index of a 1M-token corpus is large.
+            index = SentenceIndex(self.words * reps)
+            _INDEX[:] = [self.words, reps, index]
+        return index.sentences(n)
 
     def render(self, n: int, rng: Rng) -> tuple[str, list[str]]:
         keys, values, needles = [], [], []
@@ -127,7 +133,7 @@ class Niah(Family):
         random.Random(self.opts.seed).shuffle(needles)
 
         if self.hay == "essay":
-            sents = split_sentences(self._essay_text(n).strip())
+            sents = self._essay_sentences(n)
             cuts = sorted(int(len(sents) * (d / 100)) for d in rng.py.sample(DEPTHS, len(needles)))
             bounds = [0] + cuts + [len(sents)]
             parts = []

@@ -8,7 +8,7 @@ import json
 import os
 from typing import Optional
 
-from evals.ruler import constants
+from evals.ruler import constants, fit
 from evals.ruler.base import Family, Options
 from evals.ruler.cwe import CommonWords
 from evals.ruler.fwe import FreqWords
@@ -45,7 +45,31 @@ def _essay_words(essay_json, corpus):
 
 @functools.lru_cache(maxsize=4)
 def _qa_data(dataset: str, path: str):
-    return (read_squad if dataset == "squad" else read_hotpotqa)(path)
+    flag, what = (("--squad", "a SQuAD v2 dev JSON (dev-v2.0.json)") if dataset == "squad" else
+                  ("--hotpotqa", "a HotpotQA dev distractor JSON"))
+    if not os.path.isfile(path):
+        raise TaskNotRunnable(f"{flag}={path}: no such file (give {what})")
+    try:
+        loaded = (read_squad if dataset == "squad" else read_hotpotqa)(path)
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise TaskNotRunnable(f"{flag}={path}: cannot read it as {what} ({e})") from None
+    except (KeyError, TypeError, IndexError, AttributeError) as e:
+        raise TaskNotRunnable(f"{flag}={path}: not {what} (missing or odd field: "
+                              f"{type(e).__name__} {e})") from None
+    if not loaded[0]:
+        raise TaskNotRunnable(f"{flag}={path}: holds no answerable question")
+    return loaded
+
+
+def check_resources(res: Resources, tasks) -> None:
+    """Loads the QA files the tasks need now, so a bad file fails before any work."""
+    for task in tasks:
+        spec = constants.TASKS[task]
+        if spec.family == "qa":
+            dataset = spec.kwargs()["dataset"]
+            path = res.squad if dataset == "squad" else res.hotpotqa
+            if path:
+                _qa_data(dataset, path)
 
 
 def build_task(name: str, max_len: int, opts: Options, res: Resources) -> Family:
@@ -60,8 +84,6 @@ def build_task(name: str, max_len: int, opts: Options, res: Resources) -> Family
             flag = "--squad" if kwargs["dataset"] == "squad" else "--hotpotqa"
             raise TaskNotRunnable(f"{name} not run: pass the {kwargs['dataset']} dev file with "
                                   f"{flag}=PATH")
-        if not os.path.exists(path):
-            raise TaskNotRunnable(f"{name} not run: {path} does not exist")
         kwargs = {"dataset": kwargs["dataset"], "loaded": _qa_data(kwargs["dataset"], path)}
     fam = FAMILY_CLASSES[spec.family](name, max_len, opts, **kwargs)
     if opts.reserve is not None:  # the short-length variant (Options.reserve / step_words)
@@ -88,6 +110,28 @@ def prepare(task: str, max_len: int, num_samples: int, tokenizer, opts: Options,
     """Samples of one task at one length (deterministic by opts.seed)."""
     counter = counter or PieceCounter(tokenizer)
     return build_task(task, max_len, opts, res).samples(counter, num_samples, method)
+
+
+def minimum_length(task: str, opts: Options, res: Resources, tokenizer,
+                   counter: Optional[PieceCounter] = None, start: int = 64) -> int:
+    """The smallest target length at which `task` makes a sample (doubling, then bisection)."""
+    counter = counter or PieceCounter(tokenizer)
+
+    def ok(length: int) -> bool:
+        try:
+            build_task(task, length, opts, res).samples(counter, 1)
+            return True
+        except fit.LengthTooSmallError:
+            return False
+    lo, hi = start // 2, start
+    while not ok(hi):
+        lo, hi = hi, hi * 2
+        if hi > 1 << 24:
+            raise fit.LengthTooSmallError(f"task {task}: no length up to {hi} works")
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if ok(mid) else (mid, hi)
+    return hi
 
 
 def write_jsonl(path: str, header: dict, samples: list[dict]) -> str:

@@ -9,6 +9,7 @@
 """
 from __future__ import annotations
 
+import bisect
 import json
 import re
 from typing import Sequence
@@ -121,22 +122,30 @@ def _encode_batch(tok, texts: list[str]) -> list[list[int]]:
 
 
 class PieceCounter:
-    """Estimates token counts by summing cached counts of whitespace-led pieces.
+    """Estimates token counts by summing cached counts of whitespace-led pieces; exact counts
+    from cached counts of token-safe chunks (`evals.ruler.count`).
 
     Tokenizers in use (SentencePiece with whitespace splitting, byte-level BPE with a
-    pre-tokeniser) rarely merge across a space, so the sum is within a few tokens of the
+    pre-tokeniser) rarely merge across a space, so the estimate is within a few tokens of the
     exact count; the caller verifies the final prompt exactly.
     """
 
     def __init__(self, tokenizer):
+        from evals.ruler.count import ChunkCounter
         self.tok = tokenizer
         self.cache: dict[str, int] = {}
-        self.exact_calls = 0  # full-prompt tokenisations, for the benchmark
+        self.exact_calls = 0  # exact counts of whole prompts, for the benchmark
+        self.chunks = ChunkCounter(tokenizer if hasattr(tokenizer, "encode_batch") else
+                                   _BatchEncoder(tokenizer))
 
     def pieces(self, text: str) -> list[str]:
         return _PIECE.findall(text)
 
     def estimate(self, text: str) -> int:
+        """About len(encode(text)); exact for long texts, whose cached chunk counts cost
+        less than summing their pieces."""
+        if len(text) >= self.chunks.min_text:
+            return self.chunks.count(text)
         pieces = self.pieces(text)
         cache = self.cache
         missing = list(set(pieces).difference(cache))
@@ -147,7 +156,15 @@ class PieceCounter:
 
     def exact(self, text: str) -> int:
         self.exact_calls += 1
-        return len(self.tok.encode(text))
+        return self.chunks.count(text)
+
+
+class _BatchEncoder:
+    def __init__(self, tok):
+        self.tok = tok
+
+    def encode_batch(self, texts):
+        return _encode_batch(self.tok, list(texts))
 
 
 # ----------------------------------------------------------------------------- haystacks
@@ -185,6 +202,39 @@ def split_sentences(text: str) -> list[str]:
     parts = _SENT_END.split(text)  # sentence, closing quotes, sentence, ...
     sents = [parts[i] + parts[i + 1] for i in range(0, len(parts) - 1, 2)] + [parts[-1]]
     return [x for x in (p.strip() for p in sents) if x]
+
+
+class SentenceIndex:
+    """`split_sentences(" ".join(words[:n]).strip())` for any n, from one split of the whole
+    word list (the essay NIAH renders every probe and sample from a prefix of the corpus).
+
+    A boundary of the whole text lies inside a prefix ending at a word end iff the word it
+    looks ahead to is in the prefix; the prefix's last sentence is the rest up to its end.
+    """
+
+    def __init__(self, words: Sequence[str]):
+        self.words = list(words)
+        self.text = " ".join(self.words)
+        # word_end[k]: characters of " ".join(words[:k]).
+        self.word_end = [0] * (len(self.words) + 1)
+        pos = -1
+        for k, w in enumerate(self.words):
+            pos += len(w) + 1
+            self.word_end[k + 1] = pos
+        self.cuts = [(m.end(1), m.end()) for m in _SENT_END.finditer(self.text)]
+        self.next_start = [b for _, b in self.cuts]
+
+    def sentences(self, n: int) -> list[str]:
+        if not 0 <= n <= len(self.words):
+            raise ValueError(f"n={n} outside [0, {len(self.words)}]")
+        end = self.word_end[n] if n else 0
+        k = bisect.bisect_left(self.next_start, end)  # boundaries whose next word is inside
+        out, start = [], 0
+        for a, b in self.cuts[:k]:
+            out.append(self.text[start:a])
+            start = b
+        out.append(self.text[start:end])
+        return [x for x in (p.strip() for p in out) if x]
 
 
 def wonderwords_lists() -> tuple[list[str], list[str], list[str]]:
