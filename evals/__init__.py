@@ -1,4 +1,6 @@
-"""Long-context evaluation: RULER, InfiniteBench, model runners, scoring and plots.
+"""Long-context evaluation: RULER, InfiniteBench, LongBench, MMLU (lm-evaluation-harness),
+model runners, scoring and plots.
 
-JAX-free except the lctx runner (evals/runners), imported lazily by the CLIs.
+JAX-free except the lctx runner (evals/runners) and the lm-eval adapter (evals/harness),
+imported lazily by the CLIs.
 """

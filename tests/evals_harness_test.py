@@ -159,6 +159,12 @@ def test_rolling_loglikelihood_and_generate_until(export, kjv_text):
     with pytest.raises(ValueError, match="greedily"):
         lm.generate_until([Instance("generate_until", {}, ("x", {"do_sample": True,
                                                                  "temperature": 1.0}), 0)])
+    # A RoPE override (HF form, as a JSON model argument would give it) reaches the model.
+    scaled = LctxLM(export, batch_size=4, progress=False, max_model_len=40,
+                    rope='{"rope_type": "linear", "factor": 4.0, "rope_theta": 10000.0}')
+    assert scaled.runner.cfg.rope.type == "linear"
+    assert scaled.runner.loglikelihood(pairs[:1])[0][0] != pytest.approx(
+        lm.runner.loglikelihood(pairs[:1])[0][0], abs=1e-3)
 
 
 def test_mmlu_cli_and_lm_eval_cli(export, tasks, tmp_path, capsys, monkeypatch):
