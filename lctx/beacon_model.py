@@ -78,7 +78,7 @@ class BeaconModel(nnx.Module):
         self.bank = lora.Bank(mc, kind=kind, n=cfg.n_experts, rank=cfg.rank, alpha=cfg.alpha,
                               targets=cfg.targets, rngs=rngs)
         n_emb = cfg.n_experts if cfg.embed_per_expert else 1
-        eos_D = base.embed[...][eos_id]
+        eos_D = base.embed[...][eos_id].astype(jnp.float32)  # a trained fp32 master
         self.beacon_embed = lora.adapter_param(jnp.tile(eos_D[None], (n_emb, 1)), (None, "embed"))
 
     def n_adapter_params(self) -> int:

@@ -92,7 +92,7 @@ class Bank(nnx.Module):
             raise ValueError(f"adapter kind={kind!r}; expected 'lora' or 'clone'.")
         self.kind, self.n, self.rank, self.targets = kind, n, rank, tuple(targets)
         self.scale = float(alpha) / rank
-        pd = cfg.param_dtype
+        pd = jnp.float32  # fp32 masters, whatever the frozen base is stored in
         for t in self.targets:
             heads = "kv_heads" if t in ("k", "v") else "q_heads"
             if kind == "clone":

@@ -43,30 +43,34 @@ def flops_per_token(mcfg, seq_len: int) -> float:
     return dense + 6.0 * mcfg.n_layers * mcfg.n_heads * mcfg.head_dim * seq_len
 
 
-def _micro_loss(params, graphdef, batch, loss_chunk):
-    """Sum over answer tokens of the next-token cross-entropy (never builds [T, V] logits)."""
-    model = nnx.merge(graphdef, params)
+def _micro_loss(params, graphdef, batch, loss_chunk, frozen=None):
+    """Sum over answer tokens of the next-token cross-entropy (never builds [T, V] logits).
+    `frozen`: the untrained part of the model state (state["frozen"]), if the run has one."""
+    model = nnx.merge(graphdef, params, *(() if frozen is None else (frozen,)))
     hidden_BTD = model(batch["inputs"], batch["positions"], batch["segment_ids"])
     return loss_lib.chunked_cross_entropy_sum(hidden_BTD, model.unembedding(), batch["targets"],
                                               batch["weights"], chunk=loss_chunk)
 
 
 def train_step(state: dict, batch: dict, *, graphdef: Any, tx: optax.GradientTransformation,
-               schedule: optim.Schedule, grad_accum: int, loss_chunk: int) -> tuple[dict, dict]:
+               schedule: optim.Schedule, grad_accum: int, loss_chunk: int,
+               micro_loss=None) -> tuple[dict, dict]:
     """One optimizer step over a global batch, split into `grad_accum` micro-batches.
 
     The loss is the sum of answer-token cross-entropies divided by the global number of
     answer tokens in the whole batch, so micro-batching and sharding do not change it.
+    `micro_loss(params, graphdef, batch, loss_chunk, frozen)` replaces the LM loss (beacon
+    runs, `lctx.beacon_train`); a `state["frozen"]` entry is passed to it and kept as is.
     """
     def split(x):
         return x.reshape(grad_accum, x.shape[0] // grad_accum, *x.shape[1:])
 
     micro = jax.tree.map(split, batch)
-    grad_fn = jax.value_and_grad(_micro_loss)
+    grad_fn = jax.value_and_grad(micro_loss or _micro_loss)
 
     def body(carry, mb):
         g_acc, l_acc = carry
-        l_sum, g = grad_fn(state["params"], graphdef, mb, loss_chunk)
+        l_sum, g = grad_fn(state["params"], graphdef, mb, loss_chunk, state.get("frozen"))
         return (jax.tree.map(jnp.add, g_acc, g), l_acc + l_sum), None
 
     zeros = jax.tree.map(jnp.zeros_like, state["params"])
@@ -81,6 +85,8 @@ def train_step(state: dict, batch: dict, *, graphdef: Any, tx: optax.GradientTra
                "train/param_norm": optax.global_norm(params)}
     new = {"params": params, "opt": opt, "step": state["step"] + 1,
            "rng": jax.random.fold_in(state["rng"], state["step"])}
+    if "frozen" in state:
+        new["frozen"] = state["frozen"]
     return new, metrics
 
 
@@ -115,6 +121,9 @@ class Built:
 def build_stage(run: run_lib.Run, stage: run_lib.Stage, mesh) -> Built:
     """Optimizer, schedule, abstract state and the jitted step of a stage; computes nothing."""
     cfg = run.cfg
+    if "beacon" in cfg:  # a frozen base with beacon adapters: its own state and step
+        from lctx import beacon_train
+        return beacon_train.build_stage(run, stage, mesh)
     tx = optim.make_tx(cfg.opt)
     schedule = optim.make_schedule(lr=stage.lr, warmup_steps=stage.warmup_steps,
                                    total_steps=stage.steps, kind=cfg.opt.schedule,
