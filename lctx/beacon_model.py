@@ -122,7 +122,8 @@ class BeaconModel(nnx.Module):
         cos_MK, sin_MK = rope_lib.cos_sin(c.rope, slots_M[None], c.head_dim, seq_len=seq_len)
         mask_TS = rules.step_mask(m, w, ratio, capacity=m_cap, xp=jnp)
         impl = c.attn_impl if c.attn_impl in ("dense", "blockwise") else "blockwise"
-        attend = attn_lib.get_attention(impl, block_q=c.block_q, block_k=c.block_k)
+        attend = attn_lib.get_attention(impl, block_q=c.block_q, block_k=c.block_k,
+                                        kernel=c.attn_kernel)
         ones_BW = jnp.ones((b, w), jnp.int32)
         raw_ids = (ones_BW, jnp.concatenate([jnp.broadcast_to(slots_M < m, (b, m_cap)).astype(
             jnp.int32), ones_BW], 1), jnp.broadcast_to(pos_T[:w], (b, w)),
