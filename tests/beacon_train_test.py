@@ -81,3 +81,25 @@ def test_adapter_trains_base_frozen_and_resume_is_exact(base_run, data, tmp_path
     assert int(resumed["step"]) == 4
     for a, b in zip(jax.tree.leaves(resumed["params"]), jax.tree.leaves(got["params"])):
         np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_beacon_llama2_config_trains_a_step(tmp_path, kjv_text):
+    """configs/beacon_llama2.py (the clone baseline) with size overrides only: a tiny HF
+    Llama as ckpt.init_from (its base goes into the frozen state), two ratios' branches."""
+    from configs import beacon_llama2
+    hf_dir = tiny_runs.tiny_hf_dir(str(tmp_path / "llama"), kjv_text[:150_000])
+    cfg = beacon_llama2.get_config("adapter=clone")
+    cfg.model.update(tiny_runs.TINY_MODEL, max_seq_len=256)
+    cfg.attn.update(block_q=16, block_k=16)
+    cfg.beacon.update(window=32, native_len=96, ratios="2,4,8,16,32", headroom=32,
+                      train_ratios="2,32")
+    cfg.stages["s1_beacon"].update(seq_len=256, steps=1)
+    cfg.ckpt.update(init_from=hf_dir, async_save=False)
+    cfg.data.path = tiny_runs.write_shards(str(tmp_path / "data"), tiny_runs.qa_records(16))
+    cfg.log.progress = False
+    res = trainer.train_and_evaluate(cfg, str(tmp_path / "run"))
+    m = res["s1_beacon"]
+    assert m["train/loss_tokens"] > 0 and 0 < m["train/loss"] < 10
+    assert m["beacon/ratio"] in (2.0, 32.0)
+    state = params(str(tmp_path / "run"), "s1_beacon")
+    assert set(state["params"]["bank"]) == {"dq", "dk", "dv", "do"}  # the cloned q/k/v/o
