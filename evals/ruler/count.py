@@ -44,7 +44,8 @@ class ChunkCounter:
       target: the mean chunk length in bytes (cut where hash % target == 0; a stretch
         without such a cut is cut at word boundaries every 4 * target bytes).
       min_text: texts shorter than this are tokenised whole (cheaper than cutting).
-      max_cache: chunk counts kept; the cache is emptied when it grows past this.
+      max_cache: chunk counts (and checked cuts) kept; a cache is emptied when it grows past
+        this.
     """
 
     def __init__(self, tok, target: int = 1024, min_text: int = 16384,
@@ -87,6 +88,8 @@ class ChunkCounter:
         return chosen.tolist()
 
     def _check(self, data: bytes, cuts: list[int]) -> list[int]:
+        if len(self.safe) > self.max_cache:
+            self.safe.clear()
         keys = {}
         for p in cuts:
             lo, hi = _char_start(data, max(0, p - _CONTEXT)), _char_start(data, p + _CONTEXT)
