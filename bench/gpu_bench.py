@@ -34,6 +34,7 @@ as lctx.trainer.flops_per_token counts).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import os
@@ -368,22 +369,36 @@ def layer_flops(cfg, t, lengths):
     return 6.0 * p * t + 3 * 2.0 * cfg.n_heads * cfg.head_dim * float(np.sum(np.square(lengths)))
 
 
-def _patched_attention(kernel_backend):
-    """Until lctx.attention dispatches to lctx.cudnn_attention, route attn_impl='cudnn' to it."""
+@contextlib.contextmanager
+def cudnn_attention_in_model(backend):
+    """Within: the model's blockwise attention is lctx.cudnn_attention (one fused call).
+
+    The model reaches attention through `lctx.attention.get_attention`, which does not
+    dispatch to lctx.cudnn_attention yet; the patch is active while the step is traced.
+    """
     orig = attn_lib.get_attention
 
     def get(impl, **kw):
-        if impl == "cudnn":
-            return functools.partial(cda.cudnn_attention, backend=kernel_backend)
+        if impl == "blockwise":
+            return functools.partial(cda.cudnn_attention, backend=backend)
         return orig(impl, **kw)
-    model_lib.attn_lib.get_attention = get
+    attn_lib.get_attention = get
+    try:
+        yield
+    finally:
+        attn_lib.get_attention = orig
 
 
 def train_step_time(sz, impl, layers, docs=1, reps=3):
-    """Median seconds of one jitted AdamW step of `layers` 8B-shaped layers at T=train_t."""
-    _patched_attention(sz.backend)
+    """Median seconds of one jitted AdamW step of `layers` 8B-shaped layers at T=train_t;
+    impl 'cudnn' is lctx.cudnn_attention, 'blockwise' the XLA blockwise kernel."""
+    with (cudnn_attention_in_model(sz.backend) if impl == "cudnn" else contextlib.nullcontext()):
+        return _train_step_time(sz, layers, docs, reps)
+
+
+def _train_step_time(sz, layers, docs, reps):
     cfg = model_lib.ModelConfig(**sz.model, n_layers=layers, max_seq_len=sz.train_t,
-                                attn_impl=impl, block_q=sz.block, block_k=sz.block,
+                                attn_impl="blockwise", block_q=sz.block, block_k=sz.block,
                                 dtype="bfloat16", param_dtype="float32", remat="full")
     model = model_lib.Llama(cfg, rngs=nnx.Rngs(0))
     graphdef, params = nnx.split(model)

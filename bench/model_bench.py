@@ -6,7 +6,8 @@ Run (CPU, ~2-4 min on 2 cores):
 
 Prints, measured side by side in one run:
   1. training-step time of the same small Llama in lctx (jitted JAX, AdamW) and in HF
-     transformers (PyTorch eager, sdpa attention, AdamW), same batch, and their ratio;
+     transformers (PyTorch eager, sdpa attention, AdamW), same batch, steps interleaved
+     (lctx, HF, lctx, ...) so machine load hits both alike, and their ratio;
   2. achieved FLOP/s of each step (6 x matmul params + causal attention, the trainer's
      count) against this machine's measured fp32 matmul FLOP/s;
   3. compiled peak temporary memory of an lctx training step vs sequence length for dense vs
@@ -76,20 +77,20 @@ def make_batch(b: int, t: int, vocab: int, seed: int = 0) -> dict:
             "segment_ids": np.ones((b, t), np.int32), "loss_mask": np.ones((b, t), np.float32)}
 
 
-def time_lctx(cfg, batch, steps):
+def lctx_runner(cfg, batch):
+    """A callable running one lctx step (after compiling it) -> loss."""
     step, params, opt = make_lctx_step(cfg)
-    params, opt, l = step(params, opt, batch)  # compile + first step
-    jax.block_until_ready(l)
-    times = []
-    for _ in tqdm(range(steps), desc="lctx steps", leave=False):
-        t0 = time.perf_counter()
-        params, opt, l = step(params, opt, batch)
-        jax.block_until_ready(l)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), float(l)
+    state = [params, opt]
+
+    def run():
+        state[0], state[1], loss = step(state[0], state[1], batch)
+        return float(jax.block_until_ready(loss))
+    run()  # compile + first step
+    return run
 
 
-def time_hf(cfg, batch, steps):
+def hf_runner(cfg, batch):
+    """A callable running one HF transformers step (eager torch, sdpa, AdamW) -> loss."""
     import torch
     import transformers
     hcfg = transformers.LlamaConfig(
@@ -105,34 +106,51 @@ def time_hf(cfg, batch, steps):
     x = torch.tensor(batch["tokens"], dtype=torch.long)
     y = torch.tensor(batch["targets"], dtype=torch.long)
 
-    def step():
+    def run():
         logits = model(input_ids=x).logits  # targets are already shifted: plain CE
         loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten())
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
         return loss.item()
-
-    step()
-    times = []
-    for _ in tqdm(range(steps), desc="HF steps", leave=False):
-        t0 = time.perf_counter()
-        loss = step()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), loss
+    run()
+    return run
 
 
-def matmul_flops(n: int = 2048, reps: int = 5) -> tuple[float, float]:
-    """Measured fp32 [n,n]@[n,n] FLOP/s in JAX and in PyTorch (best of `reps`)."""
+def time_lctx(cfg, batch, steps):
+    """(median step seconds, last loss) of the lctx step alone (bench/demo_attn_bench.py)."""
+    run = lctx_runner(cfg, batch)
+    t, loss, _ = time_side_by_side({"lctx": run}, steps)["lctx"]
+    return t, loss
+
+
+def time_side_by_side(runners: dict, steps: int) -> dict:
+    """Median step seconds and last loss of each runner, steps interleaved (A B A B ...) so
+    that load on a shared machine falls on both alike."""
+    times = {name: [] for name in runners}
+    loss = {}
+    for _ in tqdm(range(steps), desc="steps (interleaved)", leave=False):
+        for name, run in runners.items():
+            t0 = time.perf_counter()
+            loss[name] = run()
+            times[name].append(time.perf_counter() - t0)
+    return {name: (statistics.median(ts), loss[name], ts) for name, ts in times.items()}
+
+
+def matmul_flops(n: int = 2048, reps: int = 10) -> tuple[float, float]:
+    """Measured fp32 [n,n]@[n,n] FLOP/s in JAX and in PyTorch: min time of `reps`, the two
+    interleaved, so load can only lower the ceiling's estimate, never inflate a fraction."""
     import torch
     a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
     f = jax.jit(lambda x: x @ x)
     f(a).block_until_ready()
-    jt = min(_timed(lambda: f(a).block_until_ready()) for _ in range(reps))
     ta = torch.randn(n, n)
     ta @ ta
-    tt = min(_timed(lambda: ta @ ta) for _ in range(reps))
-    return 2 * n ** 3 / jt, 2 * n ** 3 / tt
+    jt, tt = [], []
+    for _ in range(reps):
+        jt.append(_timed(lambda: f(a).block_until_ready()))
+        tt.append(_timed(lambda: ta @ ta))
+    return 2 * n ** 3 / min(jt), 2 * n ** 3 / min(tt)
 
 
 def _timed(fn) -> float:
@@ -170,22 +188,29 @@ def main():
           f"N/K={cfg.n_heads}/{cfg.n_kv_heads} H={cfg.head_dim} F={cfg.mlp_dim} "
           f"V={cfg.vocab_size}; batch {args.batch} x T {args.seq}, fp32, AdamW")
 
+    load0 = os.getloadavg()
     jax_mm, torch_mm = matmul_flops()
     peak = max(jax_mm, torch_mm)
-    t_lctx, l_lctx = time_lctx(cfg, batch, args.steps)
-    t_hf, l_hf = time_hf(cfg, batch, args.steps)
+    res = time_side_by_side({"lctx (JAX, jit)": lctx_runner(cfg, batch),
+                             "HF transformers (torch)": hf_runner(cfg, batch)}, args.steps)
+    jax_mm2, torch_mm2 = matmul_flops()  # again after: the ceiling is the best of both
+    peak = max(peak, jax_mm2, torch_mm2)
     flops = flops_per_token(cfg, args.seq) * args.batch * args.seq
-    print("\n== training step (median of %d) ==" % args.steps)
+    print("\n== training step (median of %d, the two interleaved) ==" % args.steps)
     print(f"{'':24}{'step s':>10}{'tokens/s':>11}{'GFLOP/s':>10}{'of matmul peak':>16}"
           f"{'loss':>8}")
-    for name, t, l in (("lctx (JAX, jit)", t_lctx, l_lctx), ("HF transformers (torch)",
-                                                             t_hf, l_hf)):
+    for name, (t, l, _) in res.items():
         print(f"{name:24}{t:10.3f}{args.batch * args.seq / t:11.0f}{flops / t / 1e9:10.2f}"
               f"{flops / t / peak:16.1%}{l:8.3f}")
-    print(f"ratio HF / lctx step time: {t_hf / t_lctx:.2f}x  "
-          f"({flops / 1e9:.2f} GFLOP per step, trainer's 6N + attention count)")
-    print(f"measured fp32 2048^3 matmul: JAX {jax_mm / 1e9:.1f} GFLOP/s, "
-          f"torch {torch_mm / 1e9:.1f} GFLOP/s (peak used: the larger)")
+    (t_lctx, _, ts_l), (t_hf, _, ts_h) = res.values()
+    ratios = sorted(a / b for a, b in zip(ts_l, ts_h))
+    print(f"ratio lctx / HF step time: {t_lctx / t_hf:.2f} (median of per-pair ratios "
+          f"{statistics.median(ratios):.2f}, range {ratios[0]:.2f}-{ratios[-1]:.2f}; "
+          f"{flops / 1e9:.2f} GFLOP per step, trainer's 6N + attention count)")
+    print(f"measured fp32 {2048}^3 matmul (min of 10, before and after): JAX "
+          f"{max(jax_mm, jax_mm2) / 1e9:.1f} GFLOP/s, torch {max(torch_mm, torch_mm2) / 1e9:.1f}"
+          f" GFLOP/s (peak used: the larger); load average {load0[0]:.1f} before, "
+          f"{os.getloadavg()[0]:.1f} after on {os.cpu_count()} cores")
 
     print("\n== compiled training-step memory, batch 1 (compile only) ==")
     lengths = [t for t in (1024, 2048, 4096, 8192, 16384) if t <= args.mem_max]
