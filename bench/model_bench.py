@@ -3,6 +3,7 @@
 Run (CPU, ~2-4 min on 2 cores):
 
     python3 bench/model_bench.py [--steps 5] [--batch 2] [--seq 512] [--mem_max 16384]
+        [--threads=1]
 
 Prints, measured side by side in one run:
   1. training-step time of the same small Llama in lctx (jitted JAX, AdamW) and in HF
@@ -23,6 +24,9 @@ import sys
 import time
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+if "--threads=1" in sys.argv:  # read before JAX starts: XLA:CPU's thread pool is fixed then
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen"
+                               "=false intra_op_parallelism_threads=1").strip()
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
@@ -178,8 +182,13 @@ def main():
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--seq", type=int, default=512)
     ap.add_argument("--mem_max", type=int, default=16384, help="largest T for the memory table")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="0: each framework's default; 1 (as --threads=1): both single-threaded, "
+                    "fairer on a machine shared with other jobs (no spin-waiting thread teams)")
     args = ap.parse_args()
     import torch
+    if args.threads:
+        torch.set_num_threads(args.threads)
     cfg = bench_config(args.seq)
     batch = make_batch(args.batch, args.seq, cfg.vocab_size)
     print(f"devices: {jax.devices()[0].platform} x{jax.device_count()}, "
