@@ -34,7 +34,6 @@ as lctx.trainer.flops_per_token counts).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import functools
 import json
 import os
@@ -55,11 +54,14 @@ import optax  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from lctx import attention as attn_lib  # noqa: E402
+from lctx import blocks  # noqa: E402
 from lctx import cudnn_attention as cda  # noqa: E402
 from lctx import loss as loss_lib  # noqa: E402
 from lctx import model as model_lib  # noqa: E402
 
 GPU = any(d.platform == "gpu" for d in jax.devices())
+if not GPU:  # smoke: the 'cudnn' kernel runs its own code through its XLA twin
+    blocks.KERNELS["cudnn"] = blocks._cudnn_kernel("xla")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Candidate flags on one GPU, in priority order; collective flags need several GPUs.
 FLAGS = [("baseline", ""), ("h100_env.sh", None),
@@ -188,17 +190,18 @@ def kernels(sz, mesh=None):
             q, k, v, s, s, p, p, block_q=sz.block, block_k=sz.block, **c),
         "cudnn_lctx_m1": lambda q, k, v, s, p: cda.cudnn_attention(
             q, k, v, s, s, p, p, max_docs=1, backend=sz.backend, **c),
-        "cudnn_lctx": lambda q, k, v, s, p: cda.cudnn_attention(
-            q, k, v, s, s, p, p, backend=sz.backend, **c),
+        "cudnn_lctx": lambda q, k, v, s, p: attn_lib.blockwise_attention(
+            q, k, v, s, s, p, p, kernel="cudnn", **c),  # attn.kernel='cudnn': one fused call
         "cudnn_plain_causal": lambda q, k, v, s, p: jax.nn.dot_product_attention(
             q, k, v, scale=scale, is_causal=True, implementation="cudnn" if GPU else "xla"),
     }
     if mesh is not None:
         from lctx import ring_attention as ra
-        for kern in ("xla", "cudnn") if GPU else ("xla",):  # ring's cudnn needs a GPU
+        for kern in ("xla", "cudnn"):  # blocks of half the row: 2 causal + 1 full pair
             out[f"ring1_{kern}"] = functools.partial(
-                lambda q, k, v, s, p, kern: ra.ring_attention(q, k, v, s, s, p, p, mesh=mesh,
-                                                               kernel=kern, **c), kern=kern)
+                lambda q, k, v, s, p, kern: ra.ring_attention(
+                    q, k, v, s, s, p, p, mesh=mesh, kernel=kern, block_q=q.shape[1] // 2,
+                    block_k=q.shape[1] // 2, **c), kern=kern)
     return out
 
 
@@ -369,36 +372,13 @@ def layer_flops(cfg, t, lengths):
     return 6.0 * p * t + 3 * 2.0 * cfg.n_heads * cfg.head_dim * float(np.sum(np.square(lengths)))
 
 
-@contextlib.contextmanager
-def cudnn_attention_in_model(backend):
-    """Within: the model's blockwise attention is lctx.cudnn_attention (one fused call).
-
-    The model reaches attention through `lctx.attention.get_attention`, which does not
-    dispatch to lctx.cudnn_attention yet; the patch is active while the step is traced.
-    """
-    orig = attn_lib.get_attention
-
-    def get(impl, **kw):
-        if impl == "blockwise":
-            return functools.partial(cda.cudnn_attention, backend=backend)
-        return orig(impl, **kw)
-    attn_lib.get_attention = get
-    try:
-        yield
-    finally:
-        attn_lib.get_attention = orig
-
-
 def train_step_time(sz, impl, layers, docs=1, reps=3):
     """Median seconds of one jitted AdamW step of `layers` 8B-shaped layers at T=train_t;
-    impl 'cudnn' is lctx.cudnn_attention, 'blockwise' the XLA blockwise kernel."""
-    with (cudnn_attention_in_model(sz.backend) if impl == "cudnn" else contextlib.nullcontext()):
-        return _train_step_time(sz, layers, docs, reps)
-
-
-def _train_step_time(sz, layers, docs, reps):
+    impl 'cudnn' is attn.impl='blockwise' with attn.kernel='cudnn' (lctx.cudnn_attention,
+    one fused call), 'blockwise' the XLA block kernel."""
     cfg = model_lib.ModelConfig(**sz.model, n_layers=layers, max_seq_len=sz.train_t,
                                 attn_impl="blockwise", block_q=sz.block, block_k=sz.block,
+                                attn_kernel="cudnn" if impl == "cudnn" else "xla",
                                 dtype="bfloat16", param_dtype="float32", remat="full")
     model = model_lib.Llama(cfg, rngs=nnx.Rngs(0))
     graphdef, params = nnx.split(model)

@@ -135,7 +135,10 @@ def blockwise_attention(q_BTNH, k_BSKH, v_BSKH, q_seg_BT, k_seg_BS, q_pos_BT, k_
     b, t, n, h, s, kh = _check(q_BTNH, k_BSKH, v_BSKH, q_seg_BT, k_seg_BS, q_pos_BT, k_pos_BS)
     if block_q < 1 or block_k < 1:
         raise ValueError(f"block_q={block_q} and block_k={block_k} must be positive.")
-    blocks.check_kernel(kernel)
+    fused = blocks.check_kernel(kernel).fused
+    if fused is not None and t == s:  # one fused call (cuDNN) beats a loop over blocks
+        return fused(q_BTNH, k_BSKH, v_BSKH, q_seg_BT, k_seg_BS, q_pos_BT, k_pos_BS,
+                     causal=causal, scale=scale)
     bq, bk = min(block_q, t), min(block_k, s)
     tp, sp = -(-t // bq) * bq, -(-s // bk) * bk
     q_seg_BT, k_seg_BS = q_seg_BT.astype(jnp.int32), k_seg_BS.astype(jnp.int32)
@@ -161,20 +164,13 @@ def _require_cudnn():
 
 def cudnn_attention(q_BTNH, k_BSKH, v_BSKH, q_seg_BT, k_seg_BS, q_pos_BT, k_pos_BS, *,
                     causal: bool, scale: float):
-    """cuDNN fused attention via `jax.nn.dot_product_attention` (GPU, bf16/fp16 only).
-
-    The id mask is passed as a dense boolean [B, 1, T, S] mask, so memory is O(T * S) bits.
-    """
+    """cuDNN fused attention, one call over the whole sequence (`lctx.cudnn_attention`:
+    documents from segment ids as cuDNN sequence packing, never a dense [T, S] mask; GPU,
+    bf16/fp16). The same kernel as blockwise attention with kernel='cudnn'."""
     _require_cudnn()
-    if q_BTNH.dtype not in (jnp.bfloat16, jnp.float16):
-        raise ValueError(f"attn_impl='cudnn' needs bfloat16 or float16 inputs, got {q_BTNH.dtype}; "
-                         "set dtype='bfloat16' or use 'blockwise'.")
     _check(q_BTNH, k_BSKH, v_BSKH, q_seg_BT, k_seg_BS, q_pos_BT, k_pos_BS)
-    allowed_BTS = make_mask(q_seg_BT, k_seg_BS, q_pos_BT, k_pos_BS, causal)
-    out_BTNH = jax.nn.dot_product_attention(q_BTNH, k_BSKH, v_BSKH, mask=allowed_BTS[:, None],
-                                            scale=scale, implementation="cudnn")
-    # Rows with no allowed key are not guaranteed 0 by cuDNN: force the shared contract.
-    return jnp.where(allowed_BTS.any(-1)[:, :, None, None], out_BTNH, 0).astype(q_BTNH.dtype)
+    return blockwise_attention(q_BTNH, k_BSKH, v_BSKH, q_seg_BT, k_seg_BS, q_pos_BT, k_pos_BS,
+                               causal=causal, scale=scale, kernel="cudnn")
 
 
 # ------------------------------------------------------------------------------- dispatch

@@ -15,7 +15,10 @@ Block kernel contract (a `BlockKernel`; a new kernel registers in `KERNELS`):
     head n // G (N = K * G), K/V are never repeated. `out_BQNH` is normalised over this key
     block alone, float32 or the input dtype, and 0 for a query with no allowed key.
     `lse_BNQ` is float32, laid out [B, N, Q]: the natural-log logsumexp over the allowed keys
-    of `scale * q.k`, -inf for a query with no allowed key.
+    of `scale * q.k`, -inf for a query with no allowed key. Segment 0 is padding: a kernel
+    may let it attend nothing (the cuDNN kernel does: 0 / -inf) where the XLA kernel lets
+    padding attend padding; training never reads padding rows (loss weight 0) and no real
+    query sees a padding key, so steps agree.
 
   bwd(q_BQNH, k_BRKH, v_BRKH, q_seg_BQ, k_seg_BR, q_pos_BQ, k_pos_BR, out_BQNH, lse_BNQ,
       do_BQNH, *, causal, scale) -> (dq_BQNH, dk_BRKH, dv_BRKH), float32
@@ -23,8 +26,8 @@ Block kernel contract (a `BlockKernel`; a new kernel registers in `KERNELS`):
     belong to the whole attention row (every key block, every ring step), so
     `exp(scale * q.k - lse)` are the row's true probabilities and `rowsum(dO * out)` its
     softmax-Jacobian term. The loops never differentiate through `fwd`: a kernel's own VJP
-    is not used. (`lctx.cudnn_attention.block_fwd/block_bwd` follow the same layout and
-    argument order, plus a static `kind` of the pair that the ring's step plan supplies.)
+    is not used. The 'cudnn' kernel is `lctx.cudnn_attention.pair_fwd/pair_bwd`; its
+    `fused` whole-sequence call is what blockwise attention runs when T == S.
 
 Axes: B batch, Q / R query / key block length, N query heads, K kv heads, G = N / K,
 H head dim; a leading `n` / `m` is the query / key block index of a stacked span.
@@ -118,38 +121,28 @@ def xla_bwd(q_BQNH, k_BRKH, v_BRKH, q_seg_BQ, k_seg_BR, q_pos_BQ, k_pos_BR, out_
     return dq_BQKGH.reshape(b, q, n, h), dk_BRKH, dv_BRKH
 
 
-def dpa_fwd(q_BQNH, k_BRKH, v_BRKH, q_seg_BQ, k_seg_BR, q_pos_BQ, k_pos_BR, *, causal: bool,
-            scale: float, implementation: str = "cudnn"):
-    """Block forward on `jax.nn.dot_product_attention` (cuDNN flash attention on GPU).
-
-    With `return_residual=True` JAX returns the logsumexp as [B, Q, N] in the input dtype
-    (cuDNN computes [B, N, Q] in float32; JAX transposes and casts it, so in bf16 the ring
-    merge weights carry bf16 rounding). Read it that way and upcast. `implementation="xla"`
-    is the CPU twin that tests run; the backward is `xla_bwd` (cuDNN's VJP drops the
-    logsumexp cotangent, so it could not serve a logsumexp merge anyway).
-    """
-    allowed_BQR = make_mask(q_seg_BQ, k_seg_BR, q_pos_BQ, k_pos_BR, causal)
-    out_BQNH, lse_BQN = jax.nn.dot_product_attention(
-        q_BQNH, k_BRKH, v_BRKH, mask=allowed_BQR[:, None], scale=scale,
-        implementation=implementation, return_residual=True)
-    # A query with no allowed key is not guaranteed 0 / -inf: force the contract.
-    any_BQ = allowed_BQR.any(-1)
-    out_BQNH = jnp.where(any_BQ[:, :, None, None], out_BQNH.astype(_F32), 0.0)
-    lse_BNQ = jnp.where(any_BQ[:, None], lse_BQN.astype(_F32).transpose(0, 2, 1), -jnp.inf)
-    return out_BQNH, lse_BNQ
-
-
 class BlockKernel(NamedTuple):
-    """A block kernel: `fwd`/`bwd` as in the module docstring; `gpu`: needs an NVIDIA GPU."""
+    """A block kernel: `fwd`/`bwd` as in the module docstring; `gpu`: needs an NVIDIA GPU;
+    `fused`: optional whole-sequence `attend` (queries and keys the same tokens) that
+    blockwise attention calls instead of its block loop."""
     fwd: Callable
     bwd: Callable
     gpu: bool = False
+    fused: Callable | None = None
 
 
-KERNELS: dict[str, BlockKernel] = {
-    "xla": BlockKernel(xla_fwd, xla_bwd),
-    "cudnn": BlockKernel(functools.partial(dpa_fwd, implementation="cudnn"), xla_bwd, gpu=True),
-}
+def _cudnn_kernel(backend: str) -> BlockKernel:
+    """lctx.cudnn_attention (cuDNN fused attention with sequence packing); backend 'xla' is
+    its CPU twin, the same code with cuDNN's two calls emulated."""
+    from lctx import cudnn_attention as cda
+    return BlockKernel(functools.partial(cda.pair_fwd, fallback=xla_fwd, backend=backend),
+                       functools.partial(cda.pair_bwd, fallback=xla_bwd, backend=backend),
+                       gpu=backend == "cudnn",
+                       fused=functools.partial(cda.cudnn_attention, backend=backend))
+
+
+KERNELS: dict[str, BlockKernel] = {"xla": BlockKernel(xla_fwd, xla_bwd),
+                                   "cudnn": _cudnn_kernel("cudnn")}
 
 
 def gpu_available() -> bool:

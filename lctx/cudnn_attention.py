@@ -415,6 +415,64 @@ def cudnn_attention(q_BTNH, k_BSKH, v_BSKH, q_seg_BT, k_seg_BS, q_pos_BT, k_pos_
                    bool(causal), float(scale), int(max_docs), backend)
 
 
+# ------------------------------------------------------------- lctx.blocks' kernel contract
+def _pair_kind(q_seg_BQ, k_seg_BR, q_pos_BQ, k_pos_BR, causal):
+    """'causal' when queries and keys are the same tokens (a diagonal block), else 'full'."""
+    if not causal or q_seg_BQ.shape != k_seg_BR.shape:
+        return None  # static: 'full'
+    return jnp.all(q_seg_BQ == k_seg_BR) & jnp.all(q_pos_BQ == k_pos_BR)
+
+
+def pair_fwd(q_BQNH, k_BRKH, v_BRKH, q_seg_BQ, k_seg_BR, q_pos_BQ, k_pos_BR, *, causal: bool,
+             scale: float, fallback, backend: str = "cudnn", max_docs: int = DEFAULT_MAX_DOCS):
+    """`lctx.blocks` block-kernel forward: any block pair, exact.
+
+    The kind is chosen at run time (a diagonal block is 'causal', any other 'full'); a block
+    pair outside the preconditions (a partial causal overlap, non-monotone positions, more
+    than `max_docs` documents) runs `fallback` (lctx.blocks' XLA kernel) instead (one
+    `lax.cond`), so the result is exact on every input and cuDNN-fast on the ones lctx's
+    layouts produce.
+    """
+    args = (q_BQNH, k_BRKH, v_BRKH, q_seg_BQ, k_seg_BR, q_pos_BQ, k_pos_BR)
+    kw = dict(scale=scale, causal=causal, max_docs=max_docs, backend=backend)
+    same = _pair_kind(q_seg_BQ, k_seg_BR, q_pos_BQ, k_pos_BR, causal)
+
+    def fused(kind):
+        out, lse = block_fwd(*args, kind=kind, **kw)
+        ok = jnp.all(jnp.isfinite(lse) | jnp.isneginf(lse))  # NaN: a row was poisoned
+        return out.astype(_F32), lse, ok
+
+    out, lse, ok = (fused("full") if same is None else
+                    jax.lax.cond(same, lambda: fused("causal"), lambda: fused("full")))
+    return jax.lax.cond(ok, lambda: (out, lse), lambda: fallback(
+        *args, causal=causal, scale=scale))
+
+
+def pair_bwd(q_BQNH, k_BRKH, v_BRKH, q_seg_BQ, k_seg_BR, q_pos_BQ, k_pos_BR, out_BQNH, lse_BNQ,
+             do_BQNH, *, causal: bool, scale: float, fallback, backend: str = "cudnn",
+             max_docs: int = DEFAULT_MAX_DOCS):
+    """`lctx.blocks` block-kernel backward (float32), from the row's out and logsumexp;
+    `fallback` (lctx.blocks' XLA backward) where the forward fell back."""
+    args = (q_BQNH, k_BRKH, v_BRKH, q_seg_BQ, k_seg_BR, q_pos_BQ, k_pos_BR)
+    kw = dict(scale=scale, causal=causal, max_docs=max_docs, backend=backend)
+    same = _pair_kind(q_seg_BQ, k_seg_BR, q_pos_BQ, k_pos_BR, causal)
+    ok_fn = lambda kind: jnp.all(_plan(q_seg_BQ, k_seg_BR, q_pos_BQ, k_pos_BR, kind=kind,  # noqa
+                                       causal=causal, max_docs=max_docs).ok_B)
+
+    def fused(kind):
+        grads = block_bwd(*args, out_BQNH, lse_BNQ, do_BQNH, kind=kind, **kw)
+        return tuple(g.astype(_F32) for g in grads)
+
+    def xla():
+        return fallback(*args, out_BQNH, lse_BNQ, do_BQNH, causal=causal, scale=scale)
+
+    if same is None:
+        return jax.lax.cond(ok_fn("full"), lambda: fused("full"), xla)
+    return jax.lax.cond(same, lambda: jax.lax.cond(ok_fn("causal"), lambda: fused("causal"),
+                                                   xla),
+                        lambda: jax.lax.cond(ok_fn("full"), lambda: fused("full"), xla))
+
+
 def count_documents(seg_BT) -> np.ndarray:
     """Documents (runs of equal non-zero ids) per row, on the host: size `max_docs` with it."""
     seg = np.asarray(seg_BT)
@@ -423,5 +481,6 @@ def count_documents(seg_BT) -> np.ndarray:
     return (first & (seg != 0)).sum(1)
 
 
-__all__ = ["block_fwd", "block_bwd", "cudnn_attention", "check_backend", "count_documents",
+__all__ = ["block_fwd", "block_bwd", "cudnn_attention", "pair_fwd", "pair_bwd",
+           "check_backend", "count_documents",
            "KINDS", "BACKENDS", "DEFAULT_MAX_DOCS"]

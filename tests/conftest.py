@@ -31,16 +31,7 @@ def sp_model_path(tmp_path_factory, kjv_text):
 
 @pytest.fixture
 def cudnn_twin(monkeypatch):
-    """Runs the 'cudnn' block kernel's own code on CPU: `jax.nn.dot_product_attention` is
-    forced to implementation='xla', which returns what the cuDNN path returns with
-    `return_residual=True` (logsumexp [B, Q, N] in the input dtype)."""
-    import jax
+    """Runs the 'cudnn' block kernel's own code on CPU: lctx.cudnn_attention with its XLA
+    twin backend, which takes cuDNN's exact arguments and returns its exact layouts."""
     from lctx import blocks
-    real = jax.nn.dot_product_attention
-
-    def twin(*a, implementation=None, **kw):
-        assert implementation == "cudnn"
-        return real(*a, implementation="xla", **kw)
-
-    monkeypatch.setattr(jax.nn, "dot_product_attention", twin)
-    monkeypatch.setitem(blocks.KERNELS, "cudnn", blocks.KERNELS["cudnn"]._replace(gpu=False))
+    monkeypatch.setitem(blocks.KERNELS, "cudnn", blocks._cudnn_kernel("xla"))
