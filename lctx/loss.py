@@ -5,7 +5,7 @@ over chunks of T, computes each chunk's logits in float32, reduces them to (loss
 count) and drops them; the chunk body is rematerialised so the backward recomputes each
 chunk's logits instead of saving them. Memory is O(B * chunk * V).
 
-Axes: B batch, T positions, C chunk length, D model dim, V vocab.
+Axes: B batch, T positions, C chunk length, D model dim, V vocab, P = B * C tokens.
 
 A training step calls `loss_fn(model, batch)`; batch keys tokens, positions, segment_ids,
 targets, loss_mask, all [B, T].
@@ -20,12 +20,20 @@ BATCH_KEYS = ("tokens", "positions", "segment_ids", "targets", "loss_mask")
 
 
 def _chunk_stats(h_BCD, w_DV, tgt_BC, mask_BC):
-    """(sum of masked token losses, masked correct count) of one chunk, float32."""
-    logits_BCV = jnp.einsum("bcd,dv->bcv", h_BCD, w_DV, preferred_element_type=_F32)
-    lse_BC = jax.nn.logsumexp(logits_BCV, axis=-1)
-    tgt_logit_BC = jnp.take_along_axis(logits_BCV, tgt_BC[..., None], axis=-1)[..., 0]
-    loss_sum = jnp.sum((lse_BC - tgt_logit_BC) * mask_BC)
-    correct = jnp.sum((jnp.argmax(logits_BCV, axis=-1) == tgt_BC) * mask_BC)
+    """(sum of masked token losses, masked correct count) of one chunk, float32.
+
+    The chunk's B * C tokens are one axis P (bitcast reshapes): the unembedding's weight
+    gradient then contracts one axis, not (B, C), which XLA:CPU lowers by first transposing
+    the [B, C, V] logits cotangent (see lctx.model._tokens).
+    """
+    b, c, d = h_BCD.shape
+    logits_PV = jnp.einsum("pd,dv->pv", h_BCD.reshape(b * c, d), w_DV,
+                           preferred_element_type=_F32)
+    tgt_P, mask_P = tgt_BC.reshape(-1), mask_BC.reshape(-1)
+    lse_P = jax.nn.logsumexp(logits_PV, axis=-1)
+    tgt_logit_P = jnp.take_along_axis(logits_PV, tgt_P[:, None], axis=-1)[:, 0]
+    loss_sum = jnp.sum((lse_P - tgt_logit_P) * mask_P)
+    correct = jnp.sum((jnp.argmax(logits_PV, axis=-1) == tgt_P) * mask_P)
     return loss_sum, jax.lax.stop_gradient(correct)
 
 
