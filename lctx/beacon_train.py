@@ -15,11 +15,12 @@ ratio fixes the number of beacons (a static shape), so the step is a `lax.switch
 branch per ratio: one compiled program, one branch run per step.
 
 The trainer runs beacon stages as any other (`lctx.trainer`, `lctx.step`): a config with a
-`beacon` section makes `lctx.step.build_stage` call `build_stage` here, whose state is
-{params: the adapter (`lora.AdapterParam`), frozen: the base, opt, step, rng}, and
-`lctx.trainer.restore` call `restore` here (the base comes from `ckpt.resume_from`, an lctx
-run, or `ckpt.init_from`, HF weights; the adapter starts fresh). `beacon.data_mix` mixes
-sources by weight (`mixed_dataset`). Rows are one document each (data.pack=False).
+`beacon` section makes `lctx.step.build_stage` call `build_stage` here (a plug-in named in
+`lctx.step.STAGE_PLUGINS`), whose state is {params: the adapter (`lora.AdapterParam`),
+frozen: the base, opt, step, rng} and whose `Built` carries `restore` (the base comes from
+`ckpt.resume_from`, an lctx run, or `ckpt.init_from`, HF weights; the adapter starts fresh)
+and, with `beacon.data_mix`, `mixed_dataset` (sources mixed by weight). Rows are one
+document each (data.pack=False).
 """
 from __future__ import annotations
 
@@ -224,7 +225,9 @@ def build_stage(run, stage, mesh):
         remat=bool(cfg.beacon.get("remat", True)))
     step_fn = jax.jit(step, in_shardings=(shard, bs), out_shardings=(shard, None),
                       donate_argnums=(0,))
-    return step_lib.Built(stage, mesh, graphdef, tx, abstract, step_fn, bs)
+    mixed = bool(str(cfg.beacon.get("data_mix", "")).strip())
+    return step_lib.Built(stage, mesh, graphdef, tx, abstract, step_fn, bs, restore=restore,
+                          dataset=mixed_dataset if mixed else None)
 
 
 def restore(run, built, data_iter, found):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib
 from typing import Any
 
 import jax
@@ -112,18 +113,27 @@ class Built:
     abstract: dict  # ShapeDtypeStructs with their shardings
     step_fn: Any  # jitted train_step (state donated)
     batch_sharding: NamedSharding
+    # A plug-in stage's own state sources and batches (lctx.trainer.restore / stage_dataset
+    # signatures); None: the trainer's.
+    restore: Any = None
+    dataset: Any = None
 
     @property
     def shardings(self) -> dict:
         return jax.tree.map(lambda x: x.sharding, self.abstract)
 
 
+# Config sections whose stages a plug-in builds (`build_stage(run, stage, mesh) -> Built`),
+# imported by name when a config has the section, so lctx.step does not import them.
+STAGE_PLUGINS = {"beacon": "lctx.beacon_train"}
+
+
 def build_stage(run: run_lib.Run, stage: run_lib.Stage, mesh) -> Built:
     """Optimizer, schedule, abstract state and the jitted step of a stage; computes nothing."""
     cfg = run.cfg
-    if "beacon" in cfg:  # a frozen base with beacon adapters: its own state and step
-        from lctx import beacon_train
-        return beacon_train.build_stage(run, stage, mesh)
+    for section, module in STAGE_PLUGINS.items():  # e.g. a frozen base + beacon adapters
+        if section in cfg:
+            return importlib.import_module(module).build_stage(run, stage, mesh)
     tx = optim.make_tx(cfg.opt)
     schedule = optim.make_schedule(lr=stage.lr, warmup_steps=stage.warmup_steps,
                                    total_steps=stage.steps, kind=cfg.opt.schedule,

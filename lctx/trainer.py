@@ -51,10 +51,6 @@ def stage_dataset(run: run_lib.Run, stage: run_lib.Stage, mesh, *, paths=None, s
                   stats=None, epochs=None):
     """The one way a stage's batches are made (training: epochs=data.epochs; eval: None)."""
     d = run.cfg.data
-    if run.cfg.get("beacon") and run.cfg.beacon.get("data_mix") and paths is None:
-        from lctx import beacon_train  # sources mixed by weight (beacon.data_mix)
-        return beacon_train.mixed_dataset(run, stage, mesh, seed=seed, stats=stats,
-                                          epochs=epochs)
     return data_lib.make_dataset(
         paths or stage.data_paths, run.render, seq_len=stage.seq_len,
         batch_size=d.batch_size, seed=d.seed if seed is None else seed, pack=d.pack,
@@ -85,9 +81,8 @@ def restore(run: run_lib.Run, built: Built, data_iter, found) -> tuple[dict, str
     moves `data_iter` (to the saved position); every other source starts the data afresh.
     """
     stage, cfg = built.stage, run.cfg
-    if "frozen" in built.abstract:  # beacon runs: the base comes from elsewhere, frozen
-        from lctx import beacon_train
-        return beacon_train.restore(run, built, data_iter, found)
+    if built.restore is not None:  # a plug-in stage (lctx.step.STAGE_PLUGINS) restores itself
+        return built.restore(run, built, data_iter, found)
     prev = run.previous(stage)
     if found is not None and found.stage == stage.name:
         with run.checkpoints(stage.name, async_save=False) as mgr:
@@ -260,7 +255,8 @@ def train_stage(run: run_lib.Run, built: Built, traced, writer, found) -> dict:
     last metrics."""
     stage, mesh = built.stage, built.mesh
     stats = data_lib.Stats()
-    it = iter(stage_dataset(run, stage, mesh, stats=stats, epochs=int(run.cfg.data.epochs)))
+    it = iter((built.dataset or stage_dataset)(run, stage, mesh, stats=stats,
+                                               epochs=int(run.cfg.data.epochs)))
     sr = StageRun(run, built, writer, it, stats)
     sr.state, source = restore(run, built, it, found)
     start = int(jax.device_get(sr.state["step"]))
