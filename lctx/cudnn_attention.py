@@ -430,8 +430,8 @@ def pair_fwd(q_BQNH, k_BRKH, v_BRKH, q_seg_BQ, k_seg_BR, q_pos_BQ, k_pos_BR, *, 
     The kind is chosen at run time (a diagonal block is 'causal', any other 'full'); a block
     pair outside the preconditions (a partial causal overlap, non-monotone positions, more
     than `max_docs` documents) runs `fallback` (lctx.blocks' XLA kernel) instead (one
-    `lax.cond`), so the result is exact on every input and cuDNN-fast on the ones lctx's
-    layouts produce.
+    `lax.cond`) when its scores fit in 1 GiB, so the result is exact on every input and
+    cuDNN-fast on the ones lctx's layouts produce; larger pairs keep the NaN guard.
     """
     args = (q_BQNH, k_BRKH, v_BRKH, q_seg_BQ, k_seg_BR, q_pos_BQ, k_pos_BR)
     kw = dict(scale=scale, causal=causal, max_docs=max_docs, backend=backend)
@@ -444,8 +444,18 @@ def pair_fwd(q_BQNH, k_BRKH, v_BRKH, q_seg_BQ, k_seg_BR, q_pos_BQ, k_pos_BR, *, 
 
     out, lse, ok = (fused("full") if same is None else
                     jax.lax.cond(same, lambda: fused("causal"), lambda: fused("full")))
+    if not _fallback_fits(q_BQNH, k_BRKH):
+        return out, lse  # rows breaking a precondition stay NaN (see `_fallback_fits`)
     return jax.lax.cond(ok, lambda: (out, lse), lambda: fallback(
         *args, causal=causal, scale=scale))
+
+
+def _fallback_fits(q_BQNH, k_BRKH, limit: int = 1 << 30) -> bool:
+    """Whether the XLA fallback's [B, N, Q, R] fp32 scores stay under `limit` bytes: XLA
+    allocates a conditional's untaken branch too, so a ring with 64K-token blocks could not
+    even compile one. Larger blocks keep the NaN guard instead."""
+    (b, q, n, _), r = q_BQNH.shape, k_BRKH.shape[1]
+    return b * n * q * r * 4 <= limit
 
 
 def pair_bwd(q_BQNH, k_BRKH, v_BRKH, q_seg_BQ, k_seg_BR, q_pos_BQ, k_pos_BR, out_BQNH, lse_BNQ,
@@ -466,6 +476,8 @@ def pair_bwd(q_BQNH, k_BRKH, v_BRKH, q_seg_BQ, k_seg_BR, q_pos_BQ, k_pos_BR, out
     def xla():
         return fallback(*args, out_BQNH, lse_BNQ, do_BQNH, causal=causal, scale=scale)
 
+    if not _fallback_fits(q_BQNH, k_BRKH):
+        xla = lambda: tuple(jnp.full(x.shape, jnp.nan, _F32) for x in args[:3])  # noqa: E731
     if same is None:
         return jax.lax.cond(ok_fn("full"), lambda: fused("full"), xla)
     return jax.lax.cond(same, lambda: jax.lax.cond(ok_fn("causal"), lambda: fused("causal"),
