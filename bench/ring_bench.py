@@ -101,7 +101,8 @@ def pairs_table(specs):
         for name, perm in (("zigzag", zig), ("balanced", ra.balanced_indices(seg, pos, c, block))):
             s, p = jnp.asarray(seg[perm])[None], jnp.asarray(pos[perm])[None]
             got[name] = ra.ring_block_counts(z, z, z, s, s, p, p, causal=True, scale=1.0,
-                                             mesh=mesh, block_q=block, block_k=block)[0]
+                                             mesh=mesh, block_q=block, block_k=block,
+                                             layout=name)[0]
         cell = lambda x: f"{x.sum():>7} {x.max() / x.mean():>7.2f}x"  # noqa: E731
         print(f"{t:>6} {c:>2} {n_docs:>4} {block:>5} {got['blockwise']:>9} "
               f"{cell(got['before']):>16} {cell(got['zigzag']):>16} {cell(got['balanced']):>16}")

@@ -84,6 +84,7 @@ def base_config() -> mc.ConfigDict:
         block_q=512,  # blockwise / ring query block, tokens (ring: a divisor of its chunk)
         block_k=512,  # blockwise / ring key block, tokens
         kernel="xla",  # block kernel of blockwise / ring: xla (portable) | cudnn (GPU)
+        ring_layout="zigzag",  # ring token layout: zigzag (static plan) | balanced (packed rows)
     ))
     c.mesh = mc.ConfigDict(dict(
         data=1,  # data-parallel replicas (-1 = all remaining devices)

@@ -2,9 +2,9 @@
 
 Every kernel is `attend(q_BTNH, k_BSKH, v_BSKH, q_seg_BT, k_seg_BS, q_pos_BT, k_pos_BS, *,
 causal, scale) -> out_BTNH`. Masking is by ids, never by index (docs/DESIGN.md):
-`allowed = (seg_q == seg_k) & (pos_q >= pos_k if causal)`, which makes packed documents,
-arbitrary position ids, KV caches and permuted (zigzag) layouts the same code. A query with no
-allowed key returns 0 (its logsumexp is -inf).
+`allowed = (seg_q == seg_k != 0) & (pos_q >= pos_k if causal)`, which makes packed documents,
+arbitrary position ids, KV caches and permuted (zigzag) layouts the same code. Segment 0 is
+padding and attends nothing. A query with no allowed key returns 0 (its logsumexp is -inf).
 
 GQA groups the N = K * G query heads by kv head (`q.reshape(B, T, K, G, H)`); K/V are never
 repeated. Softmax statistics and accumulators are float32 whatever the input dtype.
@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from lctx import blocks
+from lctx.sharding import CONTEXT
 
 # Padding ids for blockwise tails: different from each other and from real ids (>= 0), so a
 # padded query or key never matches anything.
@@ -205,7 +206,7 @@ def validate(impl: str, kernel: str = "xla", block_q: int = 512, block_k: int = 
 
 
 def get_attention(impl: str, *, block_q: int = 512, block_k: int = 512, kernel: str = "xla",
-                  ring_axis: str = "context") -> Callable:
+                  ring_axis: str = CONTEXT, ring_layout: str = "zigzag") -> Callable:
     """The `attend` function for an implementation name, with its options bound.
 
     Args:
@@ -215,6 +216,7 @@ def get_attention(impl: str, *, block_q: int = 512, block_k: int = 512, kernel: 
         the largest divisor of its layout chunk not above them, see `ring_blocks`).
       kernel: block kernel of blockwise and ring ('xla' | 'cudnn', `lctx.blocks.KERNELS`).
       ring_axis: mesh axis holding the sequence shards for 'ring'.
+      ring_layout: the token layout the data applied for 'ring' ('zigzag' | 'balanced').
     """
     if impl in ("blockwise", "ring"):
         blocks.check_kernel(kernel)  # fail when the model is built, not inside a trace
@@ -229,5 +231,6 @@ def get_attention(impl: str, *, block_q: int = 512, block_k: int = 512, kernel: 
     if impl == "ring":
         from lctx import ring_attention  # lazy: needs the mesh machinery only when used
         return functools.partial(ring_attention.ring_attention, axis_name=ring_axis,
-                                 block_q=block_q, block_k=block_k, kernel=kernel)
+                                 block_q=block_q, block_k=block_k, kernel=kernel,
+                                 layout=ring_layout)
     raise ValueError(f"attn_impl={impl!r}; expected one of {IMPLS}.")

@@ -10,8 +10,8 @@ Block kernel contract (a `BlockKernel`; a new kernel registers in `KERNELS`):
 
   fwd(q_BQNH, k_BRKH, v_BRKH, q_seg_BQ, k_seg_BR, q_pos_BQ, k_pos_BR, *, causal, scale)
       -> (out_BQNH, lse_BNQ)
-    Attention of one query block over one key block, with
-    `allowed = (q_seg == k_seg) & (q_pos >= k_pos if causal)`; GQA: query head n reads kv
+    Attention of one query block over one key block, with `allowed = (q_seg == k_seg != 0)
+    & (q_pos >= k_pos if causal)` (segment 0 is padding); GQA: query head n reads kv
     head n // G (N = K * G), K/V are never repeated. `out_BQNH` is normalised over this key
     block alone, float32 or the input dtype, and 0 for a query with no allowed key.
     `lse_BNQ` is float32, laid out [B, N, Q]: the natural-log logsumexp over the allowed keys
@@ -45,8 +45,14 @@ _F32 = jnp.float32
 
 
 def make_mask(q_seg_BT, k_seg_BS, q_pos_BT, k_pos_BS, causal: bool):
-    """Boolean [B, T, S]: same segment and (if causal) key position <= query position."""
-    allowed_BTS = q_seg_BT[:, :, None] == k_seg_BS[:, None, :]
+    """Boolean [B, T, S]: same non-zero segment and (if causal) key position <= query position.
+
+    Segment 0 is padding: it attends nothing and nothing attends it (its rows give 0), as in
+    `lctx.cudnn_attention`. Padding then costs no block pairs, and the ring's static zigzag
+    plan is exact for it too (padding positions are all 0, so padding "attending padding"
+    would run against the token order).
+    """
+    allowed_BTS = (q_seg_BT[:, :, None] == k_seg_BS[:, None, :]) & (q_seg_BT[:, :, None] != 0)
     if causal:
         allowed_BTS &= q_pos_BT[:, :, None] >= k_pos_BS[:, None, :]
     return allowed_BTS

@@ -86,6 +86,7 @@ class ModelConfig:
     scan_layers: bool = True
     remat: str = "none"
     ring_axis: str = CONTEXT  # mesh axis of the ring
+    ring_layout: str = "zigzag"  # token layout the data applied: zigzag | balanced (lctx.layout)
     init_std: float = 0.02
 
     def __post_init__(self):
@@ -106,6 +107,9 @@ class ModelConfig:
                              "(build one with rope.make_rope(type, **fields)).")
         if self.attn_impl not in attn_lib.IMPLS:
             raise ValueError(f"attn_impl={self.attn_impl!r}; expected one of {attn_lib.IMPLS}.")
+        if self.ring_layout not in ("zigzag", "balanced"):
+            raise ValueError(f"ring_layout={self.ring_layout!r}; expected 'zigzag' or "
+                             "'balanced' (lctx.layout).")
         if self.attn_kernel not in blocks_lib.KERNELS:
             raise ValueError(f"attn_kernel={self.attn_kernel!r}; expected one of "
                              f"{sorted(blocks_lib.KERNELS)}.")
@@ -316,7 +320,8 @@ class Llama(nnx.Module):
         else:
             layer_kv = None
         attend = attn_lib.get_attention(impl, block_q=c.block_q, block_k=c.block_k,
-                                        kernel=c.attn_kernel, ring_axis=c.ring_axis)
+                                        kernel=c.attn_kernel, ring_axis=c.ring_axis,
+                                        ring_layout=c.ring_layout)
         graphdef, state = nnx.split(self.layers)
 
         def body(x_BTD, xs):

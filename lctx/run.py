@@ -51,7 +51,8 @@ def model_config(cfg: Any, rope_cfg: Any, **overrides) -> ModelConfig:
         n_kv_heads=m.n_kv_heads, head_dim=m.head_dim, mlp_dim=m.mlp_dim, norm_eps=m.norm_eps,
         tie_embeddings=m.tie_embeddings, max_seq_len=m.max_seq_len,
         rope=rope_lib.make_rope(**dict(rope_cfg)), attn_impl=a.impl, block_q=a.block_q,
-        block_k=a.block_k, attn_kernel=a.get("kernel", "xla"), param_dtype=m.param_dtype,
+        block_k=a.block_k, attn_kernel=a.get("kernel", "xla"),
+        ring_layout=a.get("ring_layout", "zigzag"), param_dtype=m.param_dtype,
         dtype=m.dtype, scan_layers=m.scan_layers, remat=m.remat)
     fields.update(overrides)
     return ModelConfig(**fields)

@@ -179,9 +179,11 @@ def test_dispatch_and_bad_input():
 
 def test_config_blocks_and_kernel_reach_the_ring():
     """attn.block_q/block_k/kernel are bound into the ring (it used to drop them)."""
-    ring = A.get_attention("ring", block_q=64, block_k=32, kernel="xla", ring_axis="ctx")
-    assert {k: ring.keywords[k] for k in ("block_q", "block_k", "kernel", "axis_name")} == {
-        "block_q": 64, "block_k": 32, "kernel": "xla", "axis_name": "ctx"}
+    ring = A.get_attention("ring", block_q=64, block_k=32, kernel="xla", ring_axis="ctx",
+                           ring_layout="balanced")
+    keys = ("block_q", "block_k", "kernel", "axis_name", "layout")
+    assert {k: ring.keywords[k] for k in keys} == {
+        "block_q": 64, "block_k": 32, "kernel": "xla", "axis_name": "ctx", "layout": "balanced"}
 
 
 def test_validate_names_the_field():

@@ -57,8 +57,9 @@ def test_beacon_bench():
 
 @pytest.mark.slow
 def test_ring_bench():
-    out = bench("ring_bench.py", "--seqs=512", "--time_seq=256", "--block=32", "--repeats=1")
-    assert "ring" in out
+    out = bench("ring_bench.py", "--seqs=512", "--time_seq=256", "--block=32", "--repeats=1",
+                "--packed=1K:4:5:64")
+    assert "ring" in out and "ring balanced" in out
 
 
 @pytest.mark.slow

@@ -15,12 +15,13 @@ SCALE = H**-0.5
 
 
 def _block(dtype=jnp.float32, seed=0):
-    """One block pair: packed ids, two queries whose segment (9) has no key."""
+    """One block pair: packed ids, two queries whose segment (9) has no key, padding
+    (segment 0, positions 0) at the end."""
     r = np.random.default_rng(seed)
     q, k, v = (jnp.asarray(r.normal(size=s), dtype) for s in
                ((B, Q, N, H), (B, Q, K, H), (B, Q, K, H)))
-    seg = jnp.asarray([[1] * 5 + [2] * 7 + [3] * 4], jnp.int32)
-    pos = jnp.asarray([list(range(5)) + list(range(7)) + list(range(4))], jnp.int32)
+    seg = jnp.asarray([[1] * 5 + [2] * 7 + [3] * 2 + [0] * 2], jnp.int32)
+    pos = jnp.asarray([list(range(5)) + list(range(7)) + list(range(2)) + [0, 0]], jnp.int32)
     return q, k, v, seg.at[:, :2].set(9), seg, pos, pos
 
 
@@ -30,6 +31,7 @@ def _reference(q, k, v, q_seg, k_seg, q_pos, k_pos):
     k_, v_ = (jnp.repeat(f32(x), N // K, axis=2) for x in (k, v))
     s = jnp.einsum("bqnh,brnh->bnqr", f32(q), k_) * SCALE
     ok = (q_seg[:, :, None] == k_seg[:, None]) & (q_pos[:, :, None] >= k_pos[:, None])
+    ok &= q_seg[:, :, None] != 0  # padding attends nothing
     s = jnp.where(ok[:, None], s, -jnp.inf)
     lse = jax.nn.logsumexp(s, axis=-1)
     p = jnp.where(ok[:, None], jnp.exp(s - jnp.where(jnp.isfinite(lse), lse, 0)[..., None]), 0)
@@ -50,7 +52,9 @@ def test_kernel_forward_layout_contract(kernel, dtype, cudnn_twin):
     tol = 1e-5 if dtype == jnp.float32 else 5e-2
     np.testing.assert_allclose(out.astype(jnp.float32), ref_out, atol=tol, rtol=0)
     np.testing.assert_allclose(lse, ref_lse, atol=tol, rtol=0)
-    assert np.all(np.asarray(lse)[..., :2] == -np.inf) and not np.asarray(out)[:, :2].any()
+    for rows in (slice(0, 2), slice(-2, None)):  # no key; padding
+        assert np.all(np.asarray(lse)[..., rows] == -np.inf)
+        assert not np.asarray(out)[:, rows].any()
 
 
 @pytest.mark.parametrize("kernel", sorted(blocks.KERNELS))

@@ -1,6 +1,8 @@
 """Ring attention equals dense single-device attention (outputs and gradients), on 8 CPU
 devices, for 1-D and 2-D meshes, causal and full, GQA, packed documents whose segments cross
 shard boundaries, zigzag and contiguous layouts; plus layout, balance and bad-input checks."""
+import functools
+
 import jax
 import jax.extend
 import jax.numpy as jnp
@@ -27,14 +29,17 @@ def _mesh(shape):
 
 
 def _dense(q_BTNH, k_BSKH, v_BSKH, seg_BT, pos_BT, causal):
-    """Naive reference: repeat K/V to every query head, full score matrix, fp32 softmax."""
+    """Naive reference: repeat K/V to every query head, full score matrix, fp32 softmax;
+    segment 0 is padding and attends nothing."""
     g = q_BTNH.shape[2] // k_BSKH.shape[2]
     k_BSNH, v_BSNH = (jnp.repeat(x, g, axis=2) for x in (k_BSKH, v_BSKH))
     s_BNTS = jnp.einsum("btnh,bsnh->bnts", q_BTNH, k_BSNH) * H**-0.5
-    ok_BTS = seg_BT[:, :, None] == seg_BT[:, None, :]
+    ok_BTS = (seg_BT[:, :, None] == seg_BT[:, None, :]) & (seg_BT[:, :, None] != 0)
     if causal:
         ok_BTS &= pos_BT[:, :, None] >= pos_BT[:, None, :]
-    p_BNTS = jax.nn.softmax(jnp.where(ok_BTS[:, None], s_BNTS, -jnp.inf), axis=-1)
+    any_BT1 = ok_BTS.any(-1, keepdims=True)  # padding (segment 0) attends nothing: row 0
+    p_BNTS = jax.nn.softmax(jnp.where(ok_BTS, 0.0, jnp.where(any_BT1, -jnp.inf, 0.0))[:, None]
+                            + s_BNTS, axis=-1) * any_BT1[:, None]
     return jnp.einsum("bnts,bsnh->btnh", p_BNTS, v_BSNH)
 
 
@@ -105,7 +110,7 @@ def test_ring_equals_dense(mesh_name, causal, layout):
         s, p = _take(seg, perm), _take(pos, perm)
         out = ra.ring_attention(_take(q, perm), _take(k, perm), _take(v, perm), s, s, p, p,
                                 causal=causal, scale=H**-0.5, mesh=mesh, block_q=2, block_k=2,
-                                layout="contiguous" if layout == "contiguous" else "zigzag")
+                                layout=layout)
         return _take(out, inv)
 
     dense = jax.jit(lambda q, k, v: _dense(q, k, v, seg, pos, causal))
@@ -194,16 +199,45 @@ def test_balanced_layout_on_packed_rows():
                 ra.balanced_indices(seg, pos, c, blk))
         s, p = jnp.asarray(seg[perm])[None], jnp.asarray(pos[perm])[None]
         counts[layout] = ra.ring_block_counts(z, z, z, s, s, p, p, causal=True, scale=1.0,
-                                              mesh=mesh, block_q=blk, block_k=blk)[0]
+                                              mesh=mesh, block_q=blk, block_k=blk,
+                                              layout=layout)[0]
         # Brute force: block pairs of the permuted row whose mask has an allowed pair.
         sb, pb = np.asarray(s).reshape(-1, blk), np.asarray(p).reshape(-1, blk)
         needed = sum(int(((sb[i][:, None, None] == sb[None]) & (pb[i][:, None, None] >= pb[None])
                           ).any(axis=(0, 2)).sum()) for i in range(len(sb)))
         assert counts[layout].sum() == needed, (layout, counts[layout].sum(), needed)
+    # The static zigzag plan never visits the chunk pairs it skips; it computes the same pairs.
+    perm = ra.zigzag_indices(t, c)
+    s, p = jnp.asarray(seg[perm])[None], jnp.asarray(pos[perm])[None]
+    exact = ra.ring_block_counts(z, z, z, s, s, p, p, causal=True, scale=1.0, mesh=mesh,
+                                 block_q=blk, block_k=blk, layout="contiguous")[0]
+    np.testing.assert_array_equal(exact, counts["zigzag"])
     zig, bal = counts["zigzag"], counts["balanced"]
     print("computed block pairs per device  zigzag:", zig, " balanced:", bal)
     assert zig.max() > 1.3 * zig.mean()  # what the balanced layout is for
     assert bal.max() <= 1.1 * bal.mean() and bal.min() >= 0.9 * bal.mean()
+
+
+def test_zigzag_plan_premise_broken_gives_nan_not_a_wrong_value():
+    """The static zigzag plan assumes positions increase along the token order within a
+    segment. Reversed positions put allowed keys in chunks it skips: the devices concerned
+    return NaN; an exact plan ('contiguous') stays equal to dense."""
+    mesh = _mesh({"context": 4})
+    q, k, v, _, _ = _inputs()
+    seg = jnp.ones((B, T), jnp.int32)
+    pos = jnp.broadcast_to(T - jnp.arange(T), (B, T))  # reversed: key after query allowed
+
+    @functools.partial(jax.jit, static_argnums=0)
+    def ring(layout, q, k, v, pos):
+        return ra.ring_attention(q, k, v, seg, seg, pos, pos, causal=True, scale=H**-0.5,
+                                 mesh=mesh, block_q=4, block_k=4, layout=layout)
+
+    perm = ra.zigzag_indices(T, 4)
+    assert np.isnan(np.asarray(ring("zigzag", q[:, perm], k[:, perm], v[:, perm],
+                                    pos[:, perm]))).any()
+    np.testing.assert_allclose(ring("contiguous", q, k, v, pos),
+                               jax.jit(_dense, static_argnums=5)(q, k, v, seg, pos, True),
+                               atol=1e-5, rtol=0)
 
 
 def test_bad_inputs_name_the_numbers():
