@@ -15,10 +15,7 @@ Block kernel contract (a `BlockKernel`; a new kernel registers in `KERNELS`):
     head n // G (N = K * G), K/V are never repeated. `out_BQNH` is normalised over this key
     block alone, float32 or the input dtype, and 0 for a query with no allowed key.
     `lse_BNQ` is float32, laid out [B, N, Q]: the natural-log logsumexp over the allowed keys
-    of `scale * q.k`, -inf for a query with no allowed key. Segment 0 is padding: a kernel
-    may let it attend nothing (the cuDNN kernel does: 0 / -inf) where the XLA kernel lets
-    padding attend padding; training never reads padding rows (loss weight 0) and no real
-    query sees a padding key, so steps agree.
+    of `scale * q.k`, -inf for a query with no allowed key (padding rows included).
 
   bwd(q_BQNH, k_BRKH, v_BRKH, q_seg_BQ, k_seg_BR, q_pos_BQ, k_pos_BR, out_BQNH, lse_BNQ,
       do_BQNH, *, causal, scale) -> (dq_BQNH, dk_BRKH, dv_BRKH), float32
