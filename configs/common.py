@@ -153,11 +153,18 @@ def base_config() -> mc.ConfigDict:
         progress=True,  # tqdm progress bar
     ))
     c.perf = mc.ConfigDict(dict(  # throughput table for lctx.plan's step-time projection
-        source="one H200, jax 0.11.2, bf16, 2026-11-30 (issue 17)",  # where these were measured
+        # Where these were measured (docs/GPU.md has both runs' tables).
+        source="one H200, jax 0.11.2, bf16, 2026-11-30: matmul and xla_block* in issue 17's "
+               "run, cudnn in exploratory run 1 (docs/GPU.md)",
         matmul_tflops=615.0,  # bf16 8192^3 matmul, TFLOP/s per device (the ceiling)
         # attention forward+backward TFLOP/s per device, Llama-3.1-8B heads (N=32, K=8,
-        # H=128), one causal row of T=32K; key: cudnn or xla_block<block_k>
-        attn_tflops=mc.ConfigDict(dict(xla_block512=26.0, xla_block1024=46.0, cudnn=128.0)),
+        # H=128), T=32K causal; key: cudnn or xla_block<block_k>. xla_block*: lctx's
+        # blockwise kernel, one row. cudnn: the cuDNN fused call that lctx.cudnn_attention
+        # makes (sequence packing through offsets, PADDING_CAUSAL, 8 documents, FLOPs inside
+        # documents); 545 with one document and no packing. lctx.cudnn_attention end to end
+        # (its own backward wrapper, GQA, fp32 lse) is not measured on a device yet
+        # (bench/gpu_bench.py does it when one is lent).
+        attn_tflops=mc.ConfigDict(dict(xla_block512=26.0, xla_block1024=46.0, cudnn=446.5)),
     ))
     c.stages = mc.ConfigDict()
     return c

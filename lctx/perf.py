@@ -15,7 +15,8 @@ What is measured and what is not: the table's rates are measured (on the device 
 does not depend on T (measured at 32K; blockwise kernels are compute-bound), ring K/V
 transfers hide behind compute, optimizer update and data loading are negligible. A check:
 for one Llama-3.1-8B layer at T=32K, remat full, this gives 13.1% of the matmul ceiling with
-the XLA blockwise kernel (block 1024) and 30.6% with cuDNN; issue 17 measured 14.0% and 31.8%.
+the XLA blockwise kernel (block 1024); issue 17 measured 14.0%. With the cuDNN entry (the
+packed fused call) it projects 65.6%: not yet measured as a layer step on a device.
 """
 from __future__ import annotations
 
