@@ -64,18 +64,24 @@ def has_assistant_turn(rec: dict[str, Any]) -> bool:
     return any(m["role"] == "assistant" and m["content"] for m in rec["messages"])
 
 
-def encode(rec: dict[str, Any]) -> bytes:
-    """Canonical bytes of a record (sorted keys, no whitespace): equal records, equal bytes."""
-    validate(rec)
+def _canonical(rec: dict[str, Any]) -> bytes:
     return json.dumps(rec, ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode()
 
 
-def decode(data: bytes, where: str = "record") -> dict[str, Any]:
+def _json(data: bytes, where: str) -> Any:
     try:
-        rec = json.loads(data.decode("utf-8"))
+        return json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise RecordError(f"{where}: not a UTF-8 JSON record ({e})") from e
-    return validate(rec, where)
+
+
+def encode(rec: dict[str, Any]) -> bytes:
+    """Canonical bytes of a record (sorted keys, no whitespace): equal records, equal bytes."""
+    return _canonical(validate(rec))
+
+
+def decode(data: bytes, where: str = "record") -> dict[str, Any]:
+    return validate(_json(data, where), where)
 
 
 # ---- the plain input/output form ------------------------------------------------------
@@ -108,16 +114,11 @@ def validate_io(rec: Any, where: str = "record") -> dict[str, Any]:
 
 def encode_io(rec: dict[str, Any]) -> bytes:
     """Canonical bytes of an input/output record."""
-    validate_io(rec)
-    return json.dumps(rec, ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode()
+    return _canonical(validate_io(rec))
 
 
 def decode_io(data: bytes, where: str = "record") -> dict[str, Any]:
-    try:
-        rec = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise RecordError(f"{where}: not a UTF-8 JSON record ({e})") from e
-    return validate_io(rec, where)
+    return validate_io(_json(data, where), where)
 
 
 def write_array_record(path: str, records: Iterable[dict[str, Any]]) -> int:

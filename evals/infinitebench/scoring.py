@@ -51,6 +51,29 @@ def _words(pred: str, chars="\n:\"'.,?!{}") -> list[str]:
     return pred.split()
 
 
+def _spaced(pred: str, chars) -> str:
+    """Each of `chars` (characters or strings) replaced by a space, runs of spaces made one."""
+    for c in chars:
+        pred = pred.replace(c, " ")
+    while "  " in pred:
+        pred = pred.replace("  ", " ")
+    return pred
+
+
+def _after_prefix(pred: str, prefixes):
+    """The reference's answer-prefix rule: the text after the first of `prefixes` (in that
+    order) found in `pred`, one character after it skipped; False when nothing follows it,
+    None when no prefix occurs."""
+    for prefix in prefixes:
+        idx = pred.find(prefix)
+        if idx == -1:
+            continue
+        if len(pred) < idx + len(prefix) + 1:
+            return False
+        return pred[idx + len(prefix) + 1:]
+    return None
+
+
 def score_choice(pred: str, label) -> bool:
     """`get_score_one_longbook_choice_eng`: the first letter, the option text itself, an answer
     prefix, then the first word that is a substring of "ABCD"."""
@@ -61,18 +84,10 @@ def score_choice(pred: str, label) -> bool:
         return pred[0] in label
     if pred in label:  # the option text (or letter) exactly
         return True
-    for c in "\n\"'.,?!{}":
-        pred = pred.replace(c, " ")
-    while "  " in pred:
-        pred = pred.replace("  ", " ")
-    for prefix in ("answer is:", "answer:", "answer is", "option is"):
-        idx = pred.find(prefix)
-        if idx == -1:
-            continue
-        if len(pred) < idx + len(prefix) + 1:
-            return False
-        after = pred[idx + len(prefix) + 1:]
-        return any(after.startswith(s) for s in label)
+    pred = _spaced(pred, "\n\"'.,?!{}")
+    after = _after_prefix(pred, ("answer is:", "answer:", "answer is", "option is"))
+    if after is not None:
+        return after is not False and any(after.startswith(s) for s in label)
     for w in pred.split():
         if w in "ABCD":  # the reference's substring test ('' never occurs after split)
             return w in label
@@ -86,18 +101,10 @@ def score_code_debug(pred: str, label) -> bool:
     letter, fn_name = label[1], label[0]
     if pred[:2] in (f"{letter}.", f"{letter}:"):
         return True
-    for c in ("\n", "`", "'", '"', "-", "*", "Option", "option"):
-        pred = pred.replace(c, " ")
-    while "  " in pred:
-        pred = pred.replace("  ", " ")
-    for prefix in ("answer is:", "is:", "answer:", "correct option is:"):
-        idx = pred.find(prefix)
-        if idx == -1:
-            continue
-        if len(pred) < idx + len(prefix) + 1:
-            return False
-        after = pred[idx + len(prefix) + 1:]
-        return after.startswith(letter) or after.startswith(fn_name)
+    pred = _spaced(pred, ("\n", "`", "'", '"', "-", "*", "Option", "option"))
+    after = _after_prefix(pred, ("answer is:", "is:", "answer:", "correct option is:"))
+    if after is not None:
+        return after is not False and (after.startswith(letter) or after.startswith(fn_name))
     return False
 
 
