@@ -89,7 +89,7 @@ def base_config() -> mc.ConfigDict:
     c.mesh = mc.ConfigDict(dict(
         data=1,  # data-parallel replicas (-1 = all remaining devices)
         fsdp=-1,  # parameter/optimizer shards (-1 = all remaining devices)
-        context=1,  # sequence shards (ring attention); > 1 also zigzags the data
+        context=1,  # sequence shards (ring attention); > 1: data laid out by attn.ring_layout
         tensor=1,  # tensor-parallel shards
         # Logical tensor axis -> mesh axes (None = replicated); the model names only logical
         # axes. Default: lctx.sharding's (batch over data x fsdp, seq over context, weights'

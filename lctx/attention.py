@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from lctx import blocks
+from lctx import layout as layout_lib
 from lctx.sharding import CONTEXT
 
 # Padding ids for blockwise tails: different from each other and from real ids (>= 0), so a
@@ -180,29 +181,44 @@ IMPLS = ("dense", "blockwise", "cudnn", "ring")
 
 def validate(impl: str, kernel: str = "xla", block_q: int = 512, block_k: int = 512, *,
              seq_len: int | None = None, context: int = 1, prefix: str = "attn",
-             seq_field: str = "seq_len") -> None:
+             seq_field: str = "seq_len", layout: str = "zigzag") -> None:
     """Checks an attention config before anything runs; errors name the field and the fix.
 
     Args:
       impl, kernel, block_q, block_k: the `attn` section's fields.
-      seq_len: a stage's T (checked against the ring's layout when given).
+      seq_len: a stage's T (checked against the ring's blocks and the token layout the data
+        applies when given).
       context: size of the mesh's context axis.
       prefix: how the config spells the section ('attn').
       seq_field: how the config spells seq_len (e.g. 'stages.s1_180k.seq_len').
+      layout: the `ring_layout` field: the token layout the data applies when context > 1
+        ('zigzag' | 'balanced', `lctx.layout.batch_layout`).
     """
     if impl not in IMPLS:
         raise ValueError(f"{prefix}.impl={impl!r}; expected one of {IMPLS}.")
     for name, v in (("block_q", block_q), ("block_k", block_k)):
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             raise ValueError(f"{prefix}.{name}={v!r} must be a positive number of tokens.")
+    if layout not in layout_lib.LAYOUTS:
+        raise ValueError(f"{prefix}.ring_layout={layout!r}; expected one of "
+                         f"{layout_lib.LAYOUTS}.")
     if impl == "cudnn":
         _require_cudnn()
     if impl in ("blockwise", "ring"):
         blocks.check_kernel(kernel, field=f"{prefix}.kernel")
-    if impl == "ring" and seq_len is not None:
-        from lctx import ring_attention  # lazy: the mesh machinery only when used
-        ring_attention.ring_blocks(seq_len, context, block_q, block_k, names=(
-            seq_field, "mesh.context", f"{prefix}.block_q", f"{prefix}.block_k"))
+    if seq_len is None:
+        return
+    names = (seq_field, "mesh.context", f"{prefix}.block_q", f"{prefix}.block_k")
+    if impl == "ring":
+        layout_lib.ring_blocks(seq_len, context, block_q, block_k, names=names)
+    if context > 1:  # the data pipeline applies the layout whatever the kernel
+        if layout == "balanced":
+            try:
+                layout_lib.layout_unit(seq_len, context, block_q, block_k, names=names)
+            except ValueError as e:
+                raise ValueError(f"{prefix}.ring_layout='balanced': {e}") from None
+        else:  # blocks of 1 token always fit: this checks only that the zigzag splits T
+            layout_lib.ring_blocks(seq_len, context, 1, 1, names=names)
 
 
 def get_attention(impl: str, *, block_q: int = 512, block_k: int = 512, kernel: str = "xla",

@@ -11,7 +11,8 @@
       -> first-fit packing (or padding: one document a row) to `seq_len`, with segment ids
          (0 = padding) and per-document positions
       -> batch of `batch_size // process_count` rows
-      -> zigzag reorder along T when the mesh has a context axis > 1 (ring load balance)
+      -> the ring's token layout along T when the mesh has a context axis > 1 (zigzag, or
+         balanced per row: `lctx.layout`; ring load balance)
 
 Every batch is a dict of int32 / float32 numpy arrays of shape [B, T] with keys
 `inputs`, `targets`, `weights`, `segment_ids`, `positions`. Iterators are grain
@@ -29,6 +30,7 @@ from typing import Callable
 import grain
 import numpy as np
 
+from lctx import layout
 from lctx import records as records_lib
 
 # render(messages) -> (ids, loss_mask): the chat format (lctx.tokenizer.ChatFormat.render).
@@ -120,29 +122,10 @@ def _pad_one(seq_len: int) -> Callable[[dict[str, np.ndarray]], dict[str, np.nda
     return pad
 
 
-def zigzag_permutation(seq_len: int, shards: int) -> np.ndarray:
-    """Index permutation of T for a causal ring of `shards` devices (dual chunk swap).
-
-    T is cut into 2*shards chunks; device r holds chunks r and 2*shards-1-r, so each device
-    gets the same amount of causal work. Uses `lctx.ring_attention.zigzag_indices` when it
-    exists so the data and the ring agree on one definition.
-    """
-    try:
-        from lctx.ring_attention import zigzag_indices
-        return np.asarray(zigzag_indices(seq_len, shards))
-    except ImportError:
-        pass
-    if seq_len % (2 * shards):
-        raise DataError(f"seq_len {seq_len} must be divisible by 2 x context shards "
-                        f"({2 * shards}) for the zigzag layout")
-    chunks = np.arange(seq_len).reshape(2 * shards, -1)
-    return np.concatenate([np.concatenate([chunks[r], chunks[2 * shards - 1 - r]])
-                           for r in range(shards)])
-
-
 def make_dataset(paths: list[str], render: RenderFn, *, seq_len: int, batch_size: int,
                  seed: int = 0, pack: bool = True, packing_bins: int = 8,
                  overlong: str = "truncate", context_shards: int = 1,
+                 ring_layout: str = "zigzag", ring_blocks: tuple[int, int] = (512, 512),
                  process_index: int = 0, process_count: int = 1,
                  stats: Stats | None = None, read_threads: int = 2,
                  read_buffer: int = 32, epochs: int | None = None) -> grain.IterDataset:
@@ -157,7 +140,9 @@ def make_dataset(paths: list[str], render: RenderFn, *, seq_len: int, batch_size
       pack: first-fit pack several documents a row; else one document a row, padded.
       packing_bins: rows packed at once (more bins, less padding).
       overlong: 'truncate' or 'drop' documents longer than seq_len + 1 tokens.
-      context_shards: size of the mesh's context axis; > 1 applies the zigzag layout.
+      context_shards: size of the mesh's context axis; > 1 applies the ring's layout.
+      ring_layout: that layout, 'zigzag' | 'balanced' (`lctx.layout.batch_layout`).
+      ring_blocks: the ring's configured (block_q, block_k); 'balanced' moves whole blocks.
       process_index, process_count: this JAX process among all.
       stats: optional counters filled while iterating (in this process).
       read_threads, read_buffer: records read and rendered ahead by that many threads, at
@@ -211,10 +196,12 @@ def make_dataset(paths: list[str], render: RenderFn, *, seq_len: int, batch_size
     else:
         it = it.map(_pad_one(seq_len))
     it = it.batch(batch_size // process_count, drop_remainder=True)
-    if context_shards > 1:
-        perm_T = zigzag_permutation(seq_len, context_shards)
-        it = it.map(lambda b: {k: v[:, perm_T] for k, v in b.items()})
-    return it
+    try:
+        permute = layout.batch_layout(ring_layout, seq_len, context_shards, *ring_blocks)
+    except ValueError as e:
+        raise DataError(f"ring layout {ring_layout!r} over {context_shards} context shards: "
+                        f"{e}") from e
+    return it if permute is None else it.map(permute)
 
 
 def count_rows(paths: list[str], render: RenderFn, *, seq_len: int, packing_bins: int = 8,

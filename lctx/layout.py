@@ -18,6 +18,9 @@ numpy only (the data pipeline calls it); no JAX.
 """
 from __future__ import annotations
 
+import functools
+from typing import Callable
+
 import numpy as np
 
 
@@ -122,12 +125,17 @@ def balanced_indices(seg_T, pos_T, n_shards: int, unit: int, causal: bool = True
     return (units[:, None] * unit + np.arange(unit)).reshape(-1)
 
 
-def layout_unit(seq_len: int, n_shards: int, block_q: int, block_k: int) -> int:
-    """The unit of `balanced_indices` for the ring's blocks (`ring_blocks`, zigzag)."""
-    bq, bk = ring_blocks(seq_len, n_shards, block_q, block_k)
+def layout_unit(seq_len: int, n_shards: int, block_q: int, block_k: int, *,
+                names=("seq_len", "context", "block_q", "block_k")) -> int:
+    """The unit of `balanced_indices` for the ring's blocks (`ring_blocks`, zigzag); `names`
+    as in `ring_blocks`, for the errors."""
+    bq, bk = ring_blocks(seq_len, n_shards, block_q, block_k, names=names)
     if max(bq, bk) % min(bq, bk):
-        raise ValueError(f"the ring's blocks {bq} and {bk} must divide one another for the "
-                         "balanced layout; set block_q and block_k equal.")
+        raise ValueError(
+            f"the balanced layout moves whole ring blocks, which must divide one another: "
+            f"{names[2]}={block_q} and {names[3]}={block_k} give blocks of {bq} and {bk} "
+            f"tokens for {names[0]}={seq_len} over {names[1]}={n_shards}; set {names[2]} "
+            f"and {names[3]} equal.")
     return max(bq, bk)
 
 
@@ -136,6 +144,37 @@ def balance_batch(batch: dict, n_shards: int, unit: int) -> dict:
     seg_BT, pos_BT = batch["segment_ids"], batch["positions"]
     perm_BT = np.stack([balanced_indices(s, p, n_shards, unit) for s, p in zip(seg_BT, pos_BT)])
     return {k: np.take_along_axis(np.asarray(v), perm_BT, axis=1) for k, v in batch.items()}
+
+
+LAYOUTS = ("zigzag", "balanced")  # what the data pipeline applies (attn.ring_layout)
+
+
+def batch_layout(layout: str, seq_len: int, n_shards: int, block_q: int, block_k: int
+                 ) -> Callable[[dict], dict] | None:
+    """The function the data pipeline maps over batches for a ring of `n_shards` devices.
+
+    Every [B, T] array of a batch dict moves together (tokens, targets, loss weights,
+    segment and position ids: targets are made before, so they stay aligned).
+
+    Args:
+      layout: 'zigzag' (`zigzag_indices`, one permutation for all rows) or 'balanced'
+        (`balance_batch`, per row, in units of the ring's blocks: `layout_unit`).
+      seq_len, n_shards: T and the context-axis size C.
+      block_q, block_k: the configured (maximum) ring blocks.
+
+    Returns:
+      batch -> batch, or None when there is nothing to do (C = 1). Raises ValueError when
+      the layout cannot split T (`ring_blocks`, `layout_unit`).
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout={layout!r}; expected one of {LAYOUTS}.")
+    if n_shards <= 1:
+        return None
+    if layout == "balanced":
+        unit = layout_unit(seq_len, n_shards, block_q, block_k)
+        return functools.partial(balance_batch, n_shards=n_shards, unit=unit)
+    perm_T = zigzag_indices(seq_len, n_shards)
+    return lambda batch: {k: np.asarray(v)[:, perm_T] for k, v in batch.items()}
 
 
 def _largest_divisor_at_most(n: int, cap: int) -> int:

@@ -50,12 +50,13 @@ class NonFiniteLoss(RuntimeError):
 def stage_dataset(run: run_lib.Run, stage: run_lib.Stage, mesh, *, paths=None, seed=None,
                   stats=None, epochs=None):
     """The one way a stage's batches are made (training: epochs=data.epochs; eval: None)."""
-    d = run.cfg.data
+    d, m = run.cfg.data, stage.model
     return data_lib.make_dataset(
         paths or stage.data_paths, run.render, seq_len=stage.seq_len,
         batch_size=d.batch_size, seed=d.seed if seed is None else seed, pack=d.pack,
         packing_bins=d.packing_bins, overlong=d.overlong,
-        context_shards=int(mesh.shape.get(sharding.CONTEXT, 1)),
+        context_shards=int(mesh.shape.get(sharding.CONTEXT, 1)), ring_layout=m.ring_layout,
+        ring_blocks=(m.block_q, m.block_k),
         process_index=jax.process_index(), process_count=jax.process_count(), stats=stats,
         read_threads=d.read_threads, read_buffer=d.read_buffer, epochs=epochs)
 

@@ -8,9 +8,10 @@ built and its train step traced (the trainer compiles that trace). What it check
   * fields: checkpoint and logging intervals, batch vs grad_accum and processes, epochs;
   * the workdir: a stage's checkpoints agree with its config (RoPE, length, and a finished
     stage is not silently "extended" by more steps);
-  * every stage to run: RoPE, length vs model.max_seq_len, data paths and record counts
-    against steps x batch (one epoch unless data.epochs says otherwise), and the train step
-    traced abstractly on the mesh, which checks seq_len against the mesh and block sizes;
+  * every stage to run: RoPE, length vs model.max_seq_len, the attn section against its
+    length and the mesh (kernel, ring blocks, the token layout the data applies), data paths
+    and record counts against steps x batch (one epoch unless data.epochs says otherwise),
+    and the train step traced abstractly on the mesh;
   * the tokenizer loads; ckpt.init_from's architecture matches the model section.
 """
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 
 import jax
 
+from lctx import attention
 from lctx import hf
 from lctx import sharding
 from lctx import stage_evals
@@ -62,6 +64,8 @@ def validate(run: Run, mesh) -> Plan:
                               "point it at another run's workdir or <workdir>/ckpt/<stage>")
         if cfg.ckpt.init_from and not cfg.ckpt.resume_from:
             check_init_from(run)
+    for name in todo:  # cheap checks of every stage before any is built
+        check_attention(run, run.stage(name), mesh)
     built = {}
     for name in todo:
         stage = run.stage(name)
@@ -145,6 +149,18 @@ def check_init_from(run: Run) -> None:
         raise ConfigError(f"ckpt.init_from={directory!r} does not match the model section: "
                           f"{', '.join(bad)}; set the model section to the HF config.json's "
                           "values")
+
+
+def check_attention(run: Run, stage: Stage, mesh) -> None:
+    """The attn section against the stage's length and the mesh: kernel, blocks, and the
+    ring's token layout (`lctx.attention.validate`)."""
+    a, context = run.cfg.attn, int(mesh.shape.get(sharding.CONTEXT, 1))
+    try:
+        attention.validate(a.impl, a.get("kernel", "xla"), a.block_q, a.block_k,
+                           seq_len=stage.seq_len, context=context, prefix="attn", seq_field=f"stages.{stage.name}.seq_len",
+                           layout=a.get("ring_layout", "zigzag"))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def check_data(run: Run, stage: Stage) -> None:

@@ -202,3 +202,16 @@ def test_validate_names_the_field():
                                          r"\(stages.s2.seq_len=4112 / 16\) has no divisor"):
         A.validate("ring", "xla", 200, 257, seq_len=257 * 16, context=8,
                    seq_field="stages.s2.seq_len")
+    # The data applies attn.ring_layout whenever context > 1: balanced moves whole blocks.
+    A.validate("ring", "xla", 256, 256, seq_len=4096, context=8, layout="balanced")
+    with pytest.raises(ValueError, match=r"attn.ring_layout='spiral'"):
+        A.validate("ring", layout="spiral")
+    with pytest.raises(ValueError, match=r"^attn.ring_layout='balanced': the balanced layout "
+                                         r"moves whole ring blocks.*attn.block_q=2 and "
+                                         r"attn.block_k=3 give blocks of 2 and 3 tokens for "
+                                         r"stages.s2.seq_len=96 over mesh.context=8"):
+        A.validate("ring", "xla", 2, 3, seq_len=96, context=8, layout="balanced",
+                   seq_field="stages.s2.seq_len")
+    with pytest.raises(ValueError, match=r"stages.s1.seq_len=100 is not divisible by 16"):
+        A.validate("dense", seq_len=100, context=8, seq_field="stages.s1.seq_len")
+    A.validate("dense", seq_len=100, context=1)

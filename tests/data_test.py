@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from lctx import data, records
+from lctx import data, layout, records
 
 
 def _render(messages):
@@ -83,15 +83,23 @@ def test_iterator_state_round_trip(tmp_path):
 
 
 def test_zigzag_layout(tmp_path):
-    perm = data.zigzag_permutation(16, 2)
+    perm = layout.zigzag_indices(16, 2)
     assert perm.tolist() == [0, 1, 2, 3, 12, 13, 14, 15, 4, 5, 6, 7, 8, 9, 10, 11]
     paths = _write(tmp_path)
     plain = _take(data.make_dataset(paths, _render, seq_len=64, batch_size=2), 2)[1]
     zz = _take(data.make_dataset(paths, _render, seq_len=64, batch_size=2,
                                  context_shards=4), 2)[1]
-    perm = data.zigzag_permutation(64, 4)
+    perm = layout.zigzag_indices(64, 4)
     for k in data.KEYS:  # positions, segments and masks travel with their tokens
         assert np.array_equal(zz[k], plain[k][:, perm])
+    bal = _take(data.make_dataset(paths, _render, seq_len=64, batch_size=2, context_shards=4,
+                                  ring_layout="balanced", ring_blocks=(4, 4)), 2)[1]
+    want = layout.balance_batch({k: plain[k] for k in data.KEYS}, 4, 4)
+    for k in data.KEYS:
+        assert np.array_equal(bal[k], want[k])
+    with pytest.raises(data.DataError, match="must divide one another"):
+        data.make_dataset(paths, _render, seq_len=48, batch_size=2, context_shards=4,
+                          ring_layout="balanced", ring_blocks=(2, 3))
 
 
 @pytest.mark.parametrize("overlong", ["truncate", "drop"])

@@ -16,7 +16,7 @@ from flax import nnx
 
 import tiny_runs
 from configs import common
-from lctx import data, records, trainer
+from lctx import data, layout, records, trainer
 from lctx import run as run_lib
 from lctx import step as step_lib
 
@@ -205,8 +205,34 @@ def test_loss_ignores_non_answer_targets(qa_data):
     assert diff > 1e-3
 
 
+def test_ring_layout_orders_the_batches(tmp_path, qa_data):
+    """attn.ring_layout picks the token order of every batch on a context-sharded mesh:
+    'balanced' is `lctx.layout.balance_batch` of the plain row (units of the ring's blocks),
+    'zigzag' its chunk swap; every [B, T] array moves together."""
+    got = {}
+    for name, context in (("plain", 1), ("zigzag", 8), ("balanced", 8)):
+        cfg = tiny_config(qa_data, s1=2)
+        cfg.stages.s1.seq_len = 512
+        cfg.mesh.update(data=1, fsdp=1 if context > 1 else -1, context=context)
+        cfg.attn.update(impl="ring", ring_layout="balanced" if name == "plain" else name)
+        run = run_lib.Run(cfg, str(tmp_path / name))
+        mesh = trainer.make_mesh(run)
+        got[name] = next(iter(trainer.stage_dataset(run, run.stage("s1"), mesh)))
+    plain = got["plain"]
+    assert max(len(np.unique(r[r > 0])) for r in plain["segment_ids"]) > 1  # packed rows
+    unit = layout.layout_unit(512, 8, 512, 512)
+    want = {"zigzag": {k: v[:, layout.zigzag_indices(512, 8)] for k, v in plain.items()},
+            "balanced": layout.balance_batch(plain, 8, unit)}
+    for name in ("zigzag", "balanced"):
+        assert sorted(got[name]) == sorted(plain)
+        for k in plain:
+            np.testing.assert_array_equal(got[name][k], want[name][k], err_msg=(name, k))
+    assert not np.array_equal(got["balanced"]["positions"], got["zigzag"]["positions"])
+
+
 def test_sequence_sharded_ring_matches_unsharded(tmp_path, qa_data):
-    """8 simulated devices on the context axis (ring attention, zigzag data) vs 8-way FSDP.
+    """8 simulated devices on the context axis (ring attention on zigzag and on balanced
+    data, packed rows) vs 8-way FSDP.
 
     Step 0's loss is the forward alone; step 1's follows one identical-up-to-rounding update.
     Later steps are not compared: Adam turns ulp-level gradient differences on near-zero
@@ -214,16 +240,18 @@ def test_sequence_sharded_ring_matches_unsharded(tmp_path, qa_data):
     """
     base = tiny_config(qa_data, s1=2)
     base.mesh.update(data=1, fsdp=-1)
-    ring = tiny_config(qa_data, s1=2)
-    ring.mesh.update(data=1, fsdp=1, context=8)
-    ring.attn.impl = "ring"
     a = trainer.train_and_evaluate(base, str(tmp_path / "dense"))
-    b = trainer.train_and_evaluate(ring, str(tmp_path / "ring"))
-    la, lb = losses(tmp_path / "dense"), losses(tmp_path / "ring")
-    assert sorted(la) == sorted(lb) == [("s1", 0), ("s1", 1)]
-    for k in la:
-        assert abs(la[k] - lb[k]) < 1e-5, (k, la[k], lb[k])
-    assert a["s1"]["train/loss_tokens"] == b["s1"]["train/loss_tokens"]
+    la = losses(tmp_path / "dense")
+    for ring_layout in ("zigzag", "balanced"):
+        ring = tiny_config(qa_data, s1=2)
+        ring.mesh.update(data=1, fsdp=1, context=8)
+        ring.attn.update(impl="ring", ring_layout=ring_layout)
+        b = trainer.train_and_evaluate(ring, str(tmp_path / ring_layout))
+        lb = losses(tmp_path / ring_layout)
+        assert sorted(la) == sorted(lb) == [("s1", 0), ("s1", 1)]
+        for k in la:
+            assert abs(la[k] - lb[k]) < 1e-5, (ring_layout, k, la[k], lb[k])
+        assert a["s1"]["train/loss_tokens"] == b["s1"]["train/loss_tokens"]
 
 
 @pytest.mark.multiprocess

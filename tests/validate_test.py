@@ -48,8 +48,14 @@ def test_a_bad_stage_2_fails_before_stage_1_trains(data, tmp_path):
     cfg = config(data, seq_len=520)  # 8-way ring: 520 is not a multiple of 2 x 8
     cfg.mesh.update(data=1, fsdp=1, context=8)
     cfg.attn.impl = "ring"
-    fails(cfg, tmp_path / "b", r"stages.s2.seq_len=520 with attn.impl='ring'.*mesh "
-                               r"\{'data': 1, 'fsdp': 1, 'context': 8, 'tensor': 1\}.*520")
+    fails(cfg, tmp_path / "b", r"^stages.s2.seq_len=520 is not divisible by 16 \(2 x "
+                               r"mesh.context=8, the ring's zigzag layout\); use a multiple")
+    cfg = config(data, seq_len=480)  # balanced: chunks of 30 give blocks 10 and 15
+    cfg.mesh.update(data=1, fsdp=1, context=8)
+    cfg.attn.update(impl="ring", ring_layout="balanced", block_q=10, block_k=15)
+    fails(cfg, tmp_path / "d", r"^attn.ring_layout='balanced': the balanced layout moves "
+                               r"whole ring blocks.*attn.block_q=10 and attn.block_k=15 give "
+                               r"blocks of 10 and 15 tokens for stages.s2.seq_len=480")
     fails(config(data, data_path="/nowhere/*.arrayrecord"), tmp_path / "c",
           r"^stages.s2.data_path='/nowhere/\*.arrayrecord' matches no files")
 
