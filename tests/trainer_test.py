@@ -48,6 +48,12 @@ def tiny_config(qa_data, s1=4, s2=0, every=2):
     return c
 
 
+def eval_losses(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        rows = [json.loads(line) for line in f]
+    return {(r["stage"], r["step"]): r["eval/loss"] for r in rows if "eval/loss" in r}
+
+
 def losses(workdir):
     out = {}
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
@@ -238,19 +244,26 @@ def test_sequence_sharded_ring_matches_unsharded(tmp_path, qa_data):
     Later steps are not compared: Adam turns ulp-level gradient differences on near-zero
     coordinates into lr-sized steps, so runs drift apart chaotically.
     """
-    base = tiny_config(qa_data, s1=2)
-    base.mesh.update(data=1, fsdp=-1)
-    a = trainer.train_and_evaluate(base, str(tmp_path / "dense"))
-    la = losses(tmp_path / "dense")
+    held_out = tiny_runs.write_shards(str(tmp_path / "held_out"),
+                                      tiny_runs.qa_records(16, seed=7), shards=1)
+
+    def run(name, **mesh):
+        cfg = tiny_config(qa_data, s1=2)
+        cfg.mesh.update(data=1, **mesh)
+        cfg.eval.update(path=held_out, every_steps=1, batches=1)  # the eval.path batches too
+        if name != "dense":
+            cfg.attn.update(impl="ring", ring_layout=name)
+        out = trainer.train_and_evaluate(cfg, str(tmp_path / name))
+        return out, losses(tmp_path / name), eval_losses(tmp_path / name)
+
+    a, la, ea = run("dense", fsdp=-1)
     for ring_layout in ("zigzag", "balanced"):
-        ring = tiny_config(qa_data, s1=2)
-        ring.mesh.update(data=1, fsdp=1, context=8)
-        ring.attn.update(impl="ring", ring_layout=ring_layout)
-        b = trainer.train_and_evaluate(ring, str(tmp_path / ring_layout))
-        lb = losses(tmp_path / ring_layout)
+        b, lb, eb = run(ring_layout, fsdp=1, context=8)
         assert sorted(la) == sorted(lb) == [("s1", 0), ("s1", 1)]
         for k in la:
             assert abs(la[k] - lb[k]) < 1e-5, (ring_layout, k, la[k], lb[k])
+        # eval after step 0 (one identical-up-to-rounding update), like train step 1
+        assert abs(ea[("s1", 0)] - eb[("s1", 0)]) < 1e-5, (ring_layout, ea, eb)
         assert a["s1"]["train/loss_tokens"] == b["s1"]["train/loss_tokens"]
 
 
