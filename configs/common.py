@@ -128,6 +128,7 @@ def base_config() -> mc.ConfigDict:
         async_save=True,  # save in the background (orbax async)
         init_from="",  # HF model directory to start from (lctx.hf.load_hf); '' = scratch
         resume_from="",  # another run's checkpoint dir to start from (ignored if own exists)
+        export_dtype="bfloat16",  # HF export weights: bfloat16 | float16 | float32 (exact)
     ))
     c.eval = mc.ConfigDict(dict(
         every_steps=0,  # held-out loss every N steps (0 = off)

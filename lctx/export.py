@@ -9,9 +9,10 @@ run is read through `lctx.run` (its config.json, the stage's RoPE and model, the
 checkpoint, the tokenizer). `--stage`/`--step` override what the path names. The default
 output is where the trainer puts a stage's export, `<workdir>/hf/<stage>`, for a stage's
 final checkpoint, and `<workdir>/hf/<stage>-step<N>` for any other step. The export is
-`lctx.hf.export_hf`: bf16 weights by default, config.json with the stage's RoPE in the
-spellings transformers 4.x/5.x and vLLM read, the tokenizer with the chat template
-training rendered; it is written beside the target and renamed into place.
+`lctx.hf.export_hf`: weights in the run's ckpt.export_dtype (bf16 by default; --dtype
+overrides it), config.json with the stage's RoPE in the spellings transformers 4.x/5.x and
+vLLM read, the tokenizer with the chat template training rendered; it is written beside
+the target and renamed into place.
 
 Exit status: 0 exported; 2 a path, stage or step that does not exist (one line says which).
 """
@@ -33,9 +34,9 @@ def default_out(run, stage: str, step: int) -> str:
 
 
 def export(path: str, stage: str | None = None, step: int | None = None,
-           out: str | None = None, dtype: str = "bfloat16") -> str:
-    """Exports one checkpoint of the run at `path` (see the module docstring); returns the
-    output directory."""
+           out: str | None = None, dtype: str | None = None) -> str:
+    """Exports one checkpoint of the run at `path` (see the module docstring) in `dtype`
+    (default: the run's ckpt.export_dtype); returns the output directory."""
     from lctx import hf
     from lctx import run as run_lib
     run, path_stage, path_step = run_lib.locate(path)
@@ -48,6 +49,7 @@ def export(path: str, stage: str | None = None, step: int | None = None,
         raise FileNotFoundError(f"{run.workdir}: no checkpoint of {stage or 'any stage'} "
                                 f"under {run.ckpt_root}")
     stage, step = found.stage, found.step if step is None else int(step)
+    dtype = dtype or run.export_dtype
     out = os.path.abspath(out or default_out(run, stage, step))
     t0 = time.time()
     logging.info("export: %s stage %s step %d -> %s (%s)", run.workdir, stage, step, out, dtype)
@@ -65,7 +67,8 @@ def main(argv=None) -> int:
                                     "with a checkpoint)")
     ap.add_argument("--step", type=int, help="checkpoint step (default: the latest)")
     ap.add_argument("--out", help="output directory (default: <workdir>/hf/<stage>[-step<N>])")
-    ap.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"))
+    ap.add_argument("--dtype", choices=("bfloat16", "float16", "float32"),
+                    help="weight dtype (default: the run's ckpt.export_dtype, bfloat16)")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     try:

@@ -163,6 +163,12 @@ class Run:
         return tuple((str(k), tuple(v) if isinstance(v, (list, tuple)) else v)
                      for k, v in rules)
 
+    @property
+    def export_dtype(self) -> str:
+        """Weight dtype of the run's HF exports: ckpt.export_dtype (bfloat16 for runs whose
+        config predates the field)."""
+        return str(self.cfg.ckpt.get("export_dtype", "bfloat16"))
+
     def previous(self, stage: Stage) -> Stage | None:
         return self.stage(self.stages[stage.index - 1]) if stage.index > 0 else None
 

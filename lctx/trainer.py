@@ -231,10 +231,12 @@ def _eval_fn(graphdef, loss_chunk: int):
 
 
 def export(run: run_lib.Run, stage: run_lib.Stage, graphdef, params) -> None:
-    """Writes the stage's weights as an HF directory with the stage's RoPE (atomically)."""
-    hf.export_hf(nnx.merge(graphdef, params), stage.export_dir, tokenizer=run.tokenizer)
-    logging.info("stage %s: HF export (rope %s) in %s", stage.name, stage.rope_dict,
-                 stage.export_dir)
+    """Writes the stage's weights as an HF directory with the stage's RoPE (atomically), in
+    ckpt.export_dtype."""
+    hf.export_hf(nnx.merge(graphdef, params), stage.export_dir, tokenizer=run.tokenizer,
+                 dtype=run.export_dtype)
+    logging.info("stage %s: HF export (rope %s, %s) in %s", stage.name, stage.rope_dict,
+                 run.export_dtype, stage.export_dir)
 
 
 def export_finished(run: run_lib.Run, stage: run_lib.Stage, mesh) -> None:

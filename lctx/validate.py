@@ -94,6 +94,10 @@ def check_fields(cfg) -> None:
     if b % jax.process_count():
         raise ConfigError(f"data.batch_size={b} is not divisible by the {jax.process_count()} "
                           "JAX processes")
+    dtype = cfg.ckpt.get("export_dtype", "bfloat16")
+    if dtype not in hf.EXPORT_DTYPES:
+        raise ConfigError(f"ckpt.export_dtype={dtype!r}; use one of "
+                          f"{', '.join(hf.EXPORT_DTYPES)} (the weights' dtype in HF exports)")
     if cfg.data.overlong not in ("truncate", "drop"):
         raise ConfigError(f"data.overlong={cfg.data.overlong!r}; use 'truncate' or 'drop'")
     if cfg.data.read_threads < 0 or cfg.data.read_buffer < 0:
@@ -157,7 +161,8 @@ def check_attention(run: Run, stage: Stage, mesh) -> None:
     a, context = run.cfg.attn, int(mesh.shape.get(sharding.CONTEXT, 1))
     try:
         attention.validate(a.impl, a.get("kernel", "xla"), a.block_q, a.block_k,
-                           seq_len=stage.seq_len, context=context, prefix="attn", seq_field=f"stages.{stage.name}.seq_len",
+                           seq_len=stage.seq_len, context=context, prefix="attn",
+                           seq_field=f"stages.{stage.name}.seq_len",
                            layout=a.get("ring_layout", "zigzag"))
     except ValueError as e:
         raise ConfigError(str(e)) from None

@@ -82,3 +82,45 @@ def test_bad_paths_are_one_line_errors(finished_run, tmp_path, capsys):
         assert export.main(args) == 2
         err = capsys.readouterr().err
         assert want in err and len(err.strip().splitlines()) == 1, (args, err)
+
+
+def _safetensors_dtypes(directory):
+    """The dtypes in an export's safetensors headers (8-byte length, then JSON)."""
+    out = set()
+    for name in os.listdir(directory):
+        if name.endswith(".safetensors"):
+            with open(os.path.join(directory, name), "rb") as f:
+                header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+            out |= {v["dtype"] for k, v in header.items() if k != "__metadata__"}
+    return out
+
+
+def test_export_dtype_comes_from_the_config(tmp_path, sp_model_path):
+    """ckpt.export_dtype=float32: the trainer's export, the re-export of a run killed before
+    its export and `python3 -m lctx.export` without --dtype all write fp32; a bad value is a
+    config error naming the field."""
+    c = common.base_config()
+    c.model.update(tiny_runs.TINY_MODEL, max_seq_len=256)
+    c.mesh.update(data=-1, fsdp=1)
+    c.data.update(path=tiny_runs.write_shards(str(tmp_path / "data"),
+                                              tiny_runs.qa_records(16)),
+                  tokenizer=sp_model_path, batch_size=8)
+    c.opt.update(warmup_steps=1, loss_chunk=128)
+    c.ckpt.update(async_save=False)
+    c.log.progress = False
+    c.stages.s1 = common.stage(seq_len=128, steps=1, rope_cfg=common.rope(theta=1e4))
+    c.ckpt.export_dtype = "int8"
+    with pytest.raises(run_lib.ConfigError, match=r"^ckpt.export_dtype='int8'.*float32"):
+        trainer.train_and_evaluate(c, str(tmp_path / "bad"))
+    c.ckpt.export_dtype = "float32"
+    run = str(tmp_path / "run")
+    trainer.train_and_evaluate(c, run)
+    final = os.path.join(run, "hf", "s1")
+    assert _safetensors_dtypes(final) == {"F32"}
+    os.rename(final, final + "-trainer")  # as if killed between the checkpoint and export
+    trainer.train_and_evaluate(c, run)
+    assert _safetensors_dtypes(final) == {"F32"}
+    out = export.export(run, step=1, out=str(tmp_path / "cli"))
+    assert _safetensors_dtypes(out) == {"F32"}
+    assert _safetensors_dtypes(export.export(run, out=str(tmp_path / "bf16"),
+                                             dtype="bfloat16")) == {"BF16"}
