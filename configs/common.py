@@ -141,7 +141,8 @@ def base_config() -> mc.ConfigDict:
         enabled=False,  # run RULER on every stage's export
         runner="vllm",  # evals runner: vllm | lctx | openai
         lengths="",  # comma list of tokens ('' = 4K doubling up to the stage length)
-        args="--tasks=all --samples=500 --chat_template=meta-llama3",  # more evals.ruler flags
+        # more evals.ruler flags; he2025: He et al.'s 13 tasks x 10 samples, Llama-3 template
+        args="--preset=he2025",
     ))
     c.eval.infinitebench = mc.ConfigDict(dict(
         enabled=False,  # run InfiniteBench on every stage's export

@@ -6,6 +6,7 @@ import random
 
 import pytest
 
+import tiny_runs
 from evals.ruler import Options, Resources, TaskNotRunnable, build_task, constants, fit, prepare
 from evals.ruler.base import Rng
 from evals.ruler.niah import AdjNounWords
@@ -20,22 +21,8 @@ def tok(sp_model_path):
 
 @pytest.fixture(scope="module")
 def qa_files(tmp_path_factory):
-    d = tmp_path_factory.mktemp("qa")
-    rng = random.Random(0)
-    words = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split()
-    para = lambda: " ".join(rng.choices(words, k=60)) + "."  # noqa: E731
-    squad = {"data": [{"paragraphs": [
-        {"context": f"City {a}{p} is the capital. " + para(),
-         "qas": [{"question": f"Which city is the capital of {a}{p}?", "is_impossible": False,
-                  "answers": [{"text": f"City {a}{p}"}, {"text": f"{a}{p}"}]},
-                 {"question": "Unanswerable?", "is_impossible": True, "answers": []}]}
-        for p in range(4)]} for a in "ABCDEFGHIJ"]}
-    hotpot = [{"question": f"Who wrote book {i}?", "answer": f"Author {i}",
-               "context": [[f"Title {i}-{j}", [para(), f" Author {i} wrote it."]]
-                           for j in range(10)]} for i in range(30)]
-    (d / "squad.json").write_text(json.dumps(squad))
-    (d / "hotpot.json").write_text(json.dumps(hotpot))
-    return Resources(squad=str(d / "squad.json"), hotpotqa=str(d / "hotpot.json"))
+    squad, hotpot = tiny_runs.ruler_qa_files(str(tmp_path_factory.mktemp("qa")))
+    return Resources(squad=squad, hotpotqa=hotpot)
 
 
 def test_thirteen_tasks_with_reference_parameters():

@@ -31,6 +31,8 @@ import time
 import numpy as np
 import pytest
 
+import tiny_runs
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOC = os.path.join(ROOT, "docs", "PAPER.md")
 TRAINED = ("s1_180k", "s2_350k")
@@ -162,6 +164,7 @@ def test_paper_walkthrough_as_documented(tmp_path, kjv_text):
               "BACKEND": "extractive", "BACKEND_ARGS": "{}",
               "DATA": str(tmp_path / "data"), "RUN": str(tmp_path / "run"),
               "INFINITEBENCH": str(tmp_path / "infinitebench"), "STAGE": TRAINED[-1]}
+    values["SQUAD"], values["HOTPOTQA"] = tiny_runs.ruler_qa_files(str(tmp_path / "ruler_qa"))
     assert set(variables) == set(values), "docs/PAPER.md section 1 changed its variables"
     env = dict(os.environ, **values, PYTHONPATH=ROOT, HF_HUB_OFFLINE="1",
                TRANSFORMERS_OFFLINE="1")

@@ -31,8 +31,14 @@ def test_commands_and_checks():
     cmd = stage_evals.command(run, run.stage("s2"), "ruler")
     assert cmd[1:] == ["-m", "evals.ruler", "--model=/w/hf/s2", "--runner=vllm",
                        "--tokenizer=/w/hf/s2", "--out=/w/eval/s2/ruler",
-                       "--lengths=4096,8192,16384,20000", "--tasks=all", "--samples=500",
-                       "--chat_template=meta-llama3"]
+                       "--lengths=4096,8192,16384,20000", "--preset=he2025"]
+    # He et al.'s RULER (13 tasks, 10 samples, Llama-3 template) at the stage's lengths.
+    from evals.ruler import __main__ as ruler_cli
+    from evals.ruler import constants
+    args = ruler_cli.parse_args(cmd[3:])
+    assert (args.lengths, args.samples, args.chat_template, args.repeat_haystack) == (
+        [4096, 8192, 16384, 20000], 10, "meta-llama3", True)
+    assert args.tasks == list(constants.TASKS) and len(args.tasks) == 13
     assert stage_evals.command(run, run.stage("s1"), "infinitebench")[-1] == "--preset=he2025"
     c.stages.s1.export_hf = False
     with pytest.raises(run_lib.ConfigError, match=r"eval.ruler.enabled=True .* "

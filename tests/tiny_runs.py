@@ -2,7 +2,9 @@
 a tiny random HF Llama directory (lctx export + an HF tokenizer.json), no hub, no torch."""
 from __future__ import annotations
 
+import json
 import os
+import random
 
 import numpy as np
 
@@ -60,3 +62,27 @@ def tiny_hf_dir(out_dir: str, text: str, seed: int = 0) -> str:
     train_tokenizer(text, tok_dir, vocab_size=TINY_MODEL["vocab_size"])
     model = Llama(ModelConfig(**TINY_MODEL, max_seq_len=4096), rngs=nnx.Rngs(seed))
     return hf.export_hf(model, out_dir, tokenizer=tok_dir)
+
+
+def ruler_qa_files(directory: str) -> tuple[str, str]:
+    """Tiny RULER QA inputs in the real formats: a SQuAD v2 dev JSON (40 answerable and 40
+    impossible questions) and a HotpotQA dev distractor JSON (30 questions, 10 paragraphs
+    each). Returns (squad path, hotpotqa path)."""
+    os.makedirs(directory, exist_ok=True)
+    rng = random.Random(0)
+    words = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split()
+    para = lambda: " ".join(rng.choices(words, k=60)) + "."  # noqa: E731
+    squad = {"data": [{"paragraphs": [
+        {"context": f"City {a}{p} is the capital. " + para(),
+         "qas": [{"question": f"Which city is the capital of {a}{p}?", "is_impossible": False,
+                  "answers": [{"text": f"City {a}{p}"}, {"text": f"{a}{p}"}]},
+                 {"question": "Unanswerable?", "is_impossible": True, "answers": []}]}
+        for p in range(4)]} for a in "ABCDEFGHIJ"]}
+    hotpot = [{"question": f"Who wrote book {i}?", "answer": f"Author {i}",
+               "context": [[f"Title {i}-{j}", [para(), f" Author {i} wrote it."]]
+                           for j in range(10)]} for i in range(30)]
+    paths = os.path.join(directory, "squad.json"), os.path.join(directory, "hotpot.json")
+    for path, obj in zip(paths, (squad, hotpot)):
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(obj, f)
+    return paths
