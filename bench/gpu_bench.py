@@ -58,6 +58,7 @@ from lctx import blocks  # noqa: E402
 from lctx import cudnn_attention as cda  # noqa: E402
 from lctx import loss as loss_lib  # noqa: E402
 from lctx import model as model_lib  # noqa: E402
+from lctx import sharding  # noqa: E402
 
 GPU = any(d.platform == "gpu" for d in jax.devices())
 if not GPU:  # smoke: the 'cudnn' kernel runs its own code through its XLA twin
@@ -506,9 +507,7 @@ def main():
         cudnn = fa.check_cudnn_version()
     run.put("env", "versions", {"jax": jax.__version__, "cudnn": cudnn, "smoke": sz.smoke,
                                 "xla_flags": os.environ.get("XLA_FLAGS", "")})
-    from jax.sharding import AxisType
-    mesh = jax.make_mesh((1,), ("context",), devices=jax.devices()[:1],
-                         axis_types=(AxisType.Auto,))
+    mesh = sharding.make_mesh({sharding.CONTEXT: 1}, devices=jax.devices()[:1])
     sections = args.sections.split(",")
     if "ceiling" in sections:
         run.guarded("ceiling", "matmul", lambda: ceiling(run, sz))

@@ -40,10 +40,10 @@ def _inputs(t, mesh=None):
     """Abstract (mesh=None: one device) or placed-by-spec ShapeDtypeStructs."""
     put = (lambda spec: NamedSharding(mesh, spec)) if mesh else (lambda spec: None)
     x = lambda shape, dt, spec: jax.ShapeDtypeStruct(shape, dt, sharding=put(spec))
-    qkv = P(None, "context", None, None)
+    qkv = P(None, sharding.CONTEXT, None, None)
     return (x((1, t, N, H), jnp.float32, qkv), x((1, t, K, H), jnp.float32, qkv),
             x((1, t, K, H), jnp.float32, qkv)) + tuple(
-                x((1, t), jnp.int32, P(None, "context")) for _ in range(4))
+                x((1, t), jnp.int32, P(None, sharding.CONTEXT)) for _ in range(4))
 
 
 def _fwd_bwd(attend):
@@ -92,7 +92,7 @@ def pairs_table(specs):
           f"{'ring zigzag':>16} {'ring balanced':>16}")
     rows = []
     for t, c, n_docs, block in specs:
-        mesh = sharding.make_mesh({"context": c}, devices=jax.devices()[:c])
+        mesh = sharding.make_mesh({sharding.CONTEXT: c}, devices=jax.devices()[:c])
         seg, pos = packed_row(t, n_docs)
         z = jnp.zeros((1, t, 1, 4), jnp.float32)
         got = {"blockwise": _blockwise_pairs(seg, pos, block)}
@@ -124,7 +124,8 @@ def memory_table(seqs, mesh, block):
         dense = _peak_bytes(_fwd_bwd(attention.dense_attention), _inputs(t))
         rows.append((t, ring, dense))
     print(f"\nPeak compiled memory per device, attention fwd+bwd, B=1 N={N} K={K} H={H}, "
-          f"ring over {mesh.shape['context']} devices (block {block}) vs dense on one device")
+          f"ring over {mesh.shape[sharding.CONTEXT]} devices (block {block}) vs dense on one "
+          "device")
     print(f"{'T':>7} {'ring MiB':>10} {'dense MiB':>11} {'dense/ring':>10} "
           f"{'ring growth':>11} {'dense growth':>12}")
     for i, (t, r, d) in enumerate(rows):
@@ -138,10 +139,10 @@ def memory_table(seqs, mesh, block):
 def time_table(t, mesh, block, repeats):
     r = np.random.default_rng(0)
     q, k, v = (jnp.asarray(r.normal(size=s.shape), jnp.float32) for s in _inputs(t)[:3])
-    perm = ra.zigzag_indices(t, mesh.shape["context"])
+    perm = ra.zigzag_indices(t, mesh.shape[sharding.CONTEXT])
     seg = jnp.ones((1, t), jnp.int32)
     pos = jnp.arange(t, dtype=jnp.int32)[None]
-    spec = lambda x: NamedSharding(mesh, P(None, "context", *(None,) * (x.ndim - 2)))
+    spec = lambda x: NamedSharding(mesh, P(None, sharding.CONTEXT, *(None,) * (x.ndim - 2)))
     ring_args = [jax.device_put(x[:, perm], spec(x)) for x in (q, k, v, seg, seg, pos, pos)]
     results = {}
     for name, fn, args in (("ring", _fwd_bwd(_ring(mesh, block)), ring_args),
@@ -173,7 +174,7 @@ def main():
     if args.packed:
         pairs_table([(parse_tokens(t), int(c), int(d), int(b)) for t, c, d, b in
                      (x.split(":") for x in args.packed.split(","))])
-    mesh = sharding.make_mesh({"context": 8})
+    mesh = sharding.make_mesh({sharding.CONTEXT: 8})
     memory_table([parse_tokens(s) for s in args.seqs.split(",")], mesh, args.block)
     time_table(args.time_seq, mesh, min(args.block, args.time_seq // 16), args.repeats)
 

@@ -25,13 +25,13 @@ MESH_AXES = (DATA, FSDP, CONTEXT, TENSOR)  # slowest-varying first; context/tens
 # Logical axis -> mesh axes (a name, a tuple of names, or None = replicated). Config data:
 # pass your own to `use_mesh`/`init_sharded` to change the layout.
 DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
-    ("batch", ("data", "fsdp")),
-    ("seq", "context"),
-    ("embed", ("fsdp", "context")),
-    ("q_heads", "tensor"),
-    ("kv_heads", "tensor"),
-    ("mlp", "tensor"),
-    ("vocab", "tensor"),
+    ("batch", (DATA, FSDP)),
+    ("seq", CONTEXT),
+    ("embed", (FSDP, CONTEXT)),
+    ("q_heads", TENSOR),
+    ("kv_heads", TENSOR),
+    ("mlp", TENSOR),
+    ("vocab", TENSOR),
     ("head_dim", None),
     ("layers", None),
 )

@@ -195,3 +195,28 @@ def test_two_processes_on_localhost(tmp_path):
     outs = [p.communicate(timeout=240)[0] for p in procs]
     for i, (p, out) in enumerate(zip(procs, outs)):
         assert p.returncode == 0 and f"OK {i}" in out, out[-3000:]
+
+
+def test_mesh_axis_names_are_spelled_only_in_lctx_sharding():
+    """Product code names mesh axes through lctx.sharding's constants: a quoted axis name on
+    a line that builds a mesh, a PartitionSpec or reads mesh.shape is a second owner."""
+    import io
+    import re
+    import tokenize
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    names = {repr(a) for a in sharding.MESH_AXES} | {f'"{a}"' for a in sharding.MESH_AXES}
+    meshy = re.compile(r"make_mesh|PartitionSpec|\bP\(|mesh\.shape|axis_name|_axes\b")
+    bad = []
+    for pkg in ("lctx", "evals", "demo", "bench", "launch", "datagen", "configs"):
+        for dirpath, _, files in os.walk(os.path.join(root, pkg)):
+            for f in files:
+                path = os.path.join(dirpath, f)
+                if not f.endswith(".py") or path.endswith(os.path.join("lctx", "sharding.py")):
+                    continue
+                src = open(path, encoding="utf-8").read()
+                lines = src.splitlines()
+                for tok in tokenize.generate_tokens(io.StringIO(src).readline):
+                    if tok.type == tokenize.STRING and tok.string in names and meshy.search(
+                            lines[tok.start[0] - 1]):
+                        bad.append(f"{os.path.relpath(path, root)}:{tok.start[0]}")
+    assert bad == [], f"literal mesh axis names (use lctx.sharding.DATA/FSDP/...): {bad}"

@@ -183,8 +183,8 @@ class LctxRunner:
             raise ValueError(f"devices={devices} but only {len(jax.devices())} are visible")
         if len(devs) <= 1:
             return None
-        return sharding_lib.make_mesh({"data": 1, "fsdp": len(devs), "context": 1,
-                                       "tensor": 1}, devices=devs)
+        return sharding_lib.make_mesh([(a, len(devs) if a == sharding_lib.FSDP else 1)
+                                       for a in sharding_lib.MESH_AXES], devices=devs)
 
     def encode(self, prompts: Prompts) -> list[list[int]]:
         """Token ids of the prompts: text with special-token strings read as special tokens
