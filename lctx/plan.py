@@ -139,10 +139,15 @@ def plan_cell(cfg, stage: str, seq: int, devices: int, compile_layers: bool = Tr
     """Per-device plan for stage `stage` of `cfg` (a run config) at `seq` tokens."""
     import jax
 
-    from lctx import optim, sharding, trainer
+    from lctx import attention, optim, sharding, trainer
     mesh = sharding.make_mesh({k: int(cfg.mesh[k]) for k in sharding.MESH_AXES},
                               devices=jax.devices()[:devices])
     scfg = cfg.stages[stage]
+    a = cfg.attn  # checked as lctx.validate checks a stage (the data's layout included)
+    attention.validate(a.impl, a.get("kernel", "xla"), a.block_q, a.block_k, seq_len=seq,
+                       context=mesh.shape.get(CONTEXT, 1), layout=a.get("ring_layout", "zigzag"),
+                       seq_field=(f"stages.{stage}.seq_len" if seq == int(scfg.seq_len) else
+                                  "--seq"))
     mcfg = dataclasses.replace(trainer.model_config(cfg, scfg.rope),
                                max_seq_len=max(seq, cfg.model.max_seq_len))
     _, _, _, params, opt = _abstract_state(mcfg, mesh, optim.make_tx(cfg.opt))

@@ -123,3 +123,18 @@ def test_full_remat_keeps_only_the_residual_per_layer():
     d = 64
     assert cell.tokens == 1024 and cell.resid == 2 * 1024 * d * 2
     assert 0 < cell.act_layer / cell.tokens < 4 * d * 2
+
+
+def test_attention_checked_at_every_planned_length():
+    """The attn section is checked as the trainer's validation does, naming the fields: a
+    ring layout the data cannot apply, or a --seq the ring cannot split, is an error, not a
+    plan."""
+    with pytest.raises(ValueError, match=r"^attn.ring_layout='balanced': the balanced layout "
+                                         r"moves whole ring blocks.*attn.block_q=2048 and "
+                                         r"attn.block_k=1536 give blocks of 1920 and 1440 "
+                                         r"tokens for stages.s1_180k.seq_len=184320"):
+        plan.main(["--config=configs/180k.py", "--config.attn.ring_layout=balanced",
+                   "--config.attn.block_k=1536", "--devices=8", "--analytic"])
+    with pytest.raises(ValueError, match=r"^--seq=1000 is not divisible by 16 \(2 x "
+                                         r"mesh.context=8"):
+        plan.main(["--config=configs/180k.py", "--seq=1000", "--devices=8", "--analytic"])
