@@ -1,0 +1,102 @@
+r"""CPU miniature of Li et al. 2025: a tiny base with a short native window reads 4x-16x longer
+inputs through activation beacons; NIAH (RULER) compares truncation, one shared LoRA adapter
+for all ratios and one LoRA expert per ratio.
+
+Command (from the repository root; builds everything under the workdir, resumable):
+    python3 -m lctx.train --config=configs/beacon_demo.py --workdir=runs/beacon_demo
+Variant: `configs/beacon_demo.py:smoke` (CI: tiny sizes, a few steps). The adapter stage of
+a run can also be trained alone, e.g. on an existing base run:
+    python3 -m lctx.train --config=configs/beacon_demo.py:adapter=experts \
+        --config.ckpt.resume_from=runs/beacon_demo/base --workdir=runs/beacon_experts
+
+Phases (demo/beacon.py): KJV corpus and tokenizer -> data (copy rows; NIAH-format retrieval
+at the native window; retrieval at 2x-4x the window and KJV text for the adapters) -> base
+model (s0_copy then s1_base at the native window, 320 tokens) -> two adapter runs from the
+same frozen base ('shared': one LoRA for ratios 8/16/32; 'experts': one LoRA per ratio), same
+data, same ratio draws -> RULER NIAH at 1x (the base), 4x/8x/16x (1280/2560/5120 tokens) for
+truncation, shared and experts -> summary.
+
+Hardware: 2 CPU cores, ~3 GB RAM. Expected time and result: measured numbers in README
+("Context compression (beacons)") and docs/BEACON.md.
+"""
+import ml_collections as mc
+
+from configs import common
+
+
+def get_config(arg=None):
+    a = common.parse_arg(arg, variant="full", adapter="")
+    if a.variant not in ("full", "smoke"):
+        raise ValueError(f"beacon_demo variant {a.variant!r}; expected full or smoke")
+    full = a.variant == "full"
+    c = common.base_config()
+    c.entry = "demo.beacon:run"  # the miniature's phases (lctx.train imports it by name)
+    c.model.update(vocab_size=1024, d_model=128 if full else 32, n_layers=2, n_heads=4,
+                   n_kv_heads=2, head_dim=32 if full else 8, mlp_dim=256 if full else 64)
+    native = 320  # the base's native window P, tokens
+    window = 64  # beacon window W (= stride), tokens
+    seq = 1344 if full else 640  # adapter training rows: 21 / 10 windows
+    c.model.max_seq_len = seq
+    c.mesh.update(data=-1, fsdp=1)  # CPU: data parallel over the local devices
+    c.attn.update(impl="blockwise", block_q=64, block_k=64)
+    # Paths and tokenizer: filled in by demo.beacon. The base stages' packed rows need up to
+    # two passes over their records (as configs/demo.py).
+    c.data.update(batch_size=8, epochs=2)
+    c.opt.update(lr=3e-3, warmup_steps=30 if full else 2, schedule="cosine", end_lr_frac=0.1,
+                 clip_norm=1.0)
+    c.ckpt.update(every_steps=100, keep=1, async_save=False)
+    c.log.update(progress=True)
+    # The base run: a copy stage (induction, as in configs/demo.py) then NIAH-format retrieval
+    # and copy rows at the native window.
+    c.stages["s0_copy"] = common.stage(seq_len=native, steps=500 if full else 3,
+                                       rope_cfg=common.rope(theta=10_000.0), lr=1e-3,
+                                       export_hf=False)
+    c.stages["s1_base"] = common.stage(seq_len=native, steps=600 if full else 3,
+                                       rope_cfg=common.rope(theta=10_000.0), export_hf=False)
+    beacon = mc.ConfigDict(dict(
+        adapter=a.adapter or "experts",  # experts | shared | clone (demo.beacon runs several)
+        window=window,  # W, tokens per window (= stride)
+        native_len=native,  # P, the base's native window, tokens
+        ratios="8,16,32",  # served compression ratios (each divides W)
+        uncompressed=True,  # ratio 0 for inputs that fit P
+        headroom=window,  # adapt-N generation headroom, tokens (reference 1024 = W)
+        rank=8, alpha=16.0,  # LoRA rank and alpha (scale alpha / rank = 2, as LongLoRA's)
+        targets="q,k,v,o",  # projections with an adapter on beacon rows
+        embed_per_expert=True,  # one beacon embedding per expert
+        overflow="error",  # inputs beyond the largest ratio: error | largest
+        train_ratios="8,16,32" if full else "8",  # drawn per optimizer step (seeded by step)
+        ratio_weights="",  # '' = uniform
+        data_mix="",  # 'glob=weight;glob=weight' ('' = the stage's data_path)
+        remat=True,  # recompute each window in the backward pass
+    ))
+    c.beacon_demo = mc.ConfigDict(dict(
+        adapters="shared,experts",  # adapter runs compared (truncation needs none)
+        steps=150 if full else 2,  # optimizer steps per adapter run
+        seq_len=seq,  # adapter training row length, tokens (a multiple of W)
+        batch_size=4 if full else 2,  # adapter rows per step
+        lr=2e-3,  # adapter peak LR (cosine to 10%)
+        # Share of adapter batches that are KJV text (loss on every token). 0: the tiny base
+        # never learnt KJV text, so its text loss (~7.7 nats) swamped the ~10 answer tokens
+        # of a retrieval row and the adapters learnt nothing (measured, docs/BEACON.md).
+        text_share=0.0,
+        train_lengths="640,1280" if full else "576",  # retrieval lengths for adapters
+        base_tasks="niah_single_1,niah_single_2",  # retrieval tasks of the base stage
+        copy_share=0.25,  # base stage rows that are copy conversations
+        copy_max_items=24, copy_digit_share=0.3,
+        eval_tasks="niah_single_1",
+        eval_lengths="1280,2560,5120" if full else "640",  # 4x/8x/16x the native window
+        eval_samples=16 if full else 2,
+        seed=0,
+    ))
+    if not a.adapter:  # the whole miniature (demo.beacon): base stages, adapters from these
+        c.beacon_demo.beacon = beacon
+    else:  # `lctx.train` on this config: the adapter stage alone (a `beacon` section)
+        del c["entry"]
+        c.beacon = beacon
+        c.data.pack = False
+        del c.stages["s0_copy"], c.stages["s1_base"]
+        c.stages["s2_adapter"] = common.stage(seq_len=seq, steps=c.beacon_demo.steps,
+                                              rope_cfg=common.rope(theta=10_000.0),
+                                              lr=c.beacon_demo.lr, export_hf=False)
+        c.data.batch_size = c.beacon_demo.batch_size
+    return c
