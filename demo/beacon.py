@@ -151,9 +151,92 @@ def evaluate(cfg, workdir: str, name: str, model_dir: str, tok: str, lengths: li
                         num_samples=int(d.eval_samples), out=os.path.join(workdir, "eval", name),
                         opts=demo_data.ruler_options(42), batch_size=8)
     means = {str(k): round(float(v), 1) for k, v in doc["summary"]["length_means"].items()}
-    log.info("eval %s: %s (ratios used %s)", name, means, inner.used)
-    return {"length_means": means, "ratios_used": {str(k): v for k, v in inner.used.items()},
+    # The RULER score is all-or-nothing on a 7-digit number; the teacher-forced loss of the
+    # number's tokens on the same samples, through the same streaming path, is continuous.
+    nll = {str(L): answer_nll(inner, tok, os.path.join(workdir, "eval", name, "data", t,
+                                                       f"{L}.jsonl"))
+           for L in lengths for t in _names(d.eval_tasks)[:1]}
+    log.info("eval %s: %s, answer nll %s (ratios used %s)", name, means, nll, inner.used)
+    return {"length_means": means, "answer_nll": nll,
+            "ratios_used": {str(k): v for k, v in inner.used.items()},
             "seconds": round(time.time() - t0, 1)}
+
+
+def _nll_fn():
+    import functools
+
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from lctx import beacon_generate as bgen
+
+    @functools.partial(jax.jit, static_argnames=("graphdef", "ratio", "capacity"))
+    def nll(graphdef, state, buf_1T, n_full, rest_1R, tgt_1R, wt_1R, expert, *, ratio,
+            capacity):
+        model = nnx.merge(graphdef, state)
+        mem, _ = bgen.prefill(model, buf_1T, n_full, ratio=ratio, expert=expert,
+                              capacity=capacity)
+        cache = bgen.memory_to_cache(model, mem, rest_1R.shape[1])
+        idx_1R = jnp.arange(rest_1R.shape[1], dtype=jnp.int32)[None]
+        hidden, _ = model.base(rest_1R, mem.length + idx_1R, jnp.ones_like(idx_1R),
+                               cache=cache)
+        logp = jax.nn.log_softmax(model.base.logits(hidden).astype(jnp.float32), -1)
+        got = jnp.take_along_axis(logp, tgt_1R[..., None], -1)[..., 0]
+        return -(got * wt_1R).sum()
+
+    return nll
+
+
+def answer_nll(runner, tok_path: str, data_path: str) -> float:
+    """Mean teacher-forced loss (nats) of the answer number's tokens after each RULER prompt
+    of `data_path`, read as `runner` reads it (its ratio rule, or its middle cut at ratio 0
+    for truncation): the prompt's full windows through the beacons, then the tail and the
+    answer by the base from the memory (the path generation takes)."""
+    import math
+
+    import numpy as np
+    from flax import nnx
+
+    from lctx import beacon_generate as bgen
+    from lctx.tokenizer import ChatFormat, load_tokenizer
+    fmt, w = ChatFormat(load_tokenizer(tok_path)), runner.bcfg.window
+    graphdef, state = nnx.split(runner.model)
+    fn, tot, cnt = _nll_fn(), 0.0, 0
+    for line in open(data_path, encoding="utf-8"):
+        s = json.loads(line)
+        if "input" not in s:
+            continue
+        user, prefix = demo_data.split_prompt(s["input"])
+        prompt = fmt.render_prompt([{"role": "user", "content": user}], prefix)
+        full, mask = fmt.render([{"role": "user", "content": user}, {
+            "role": "assistant", "content": f"{prefix} {', '.join(s['outputs'])}"}])
+        if full[:len(prompt)] != prompt:
+            raise ValueError(f"{data_path}: the eval prompt is not a prefix of the training "
+                             "rendering; the chat formats disagree")
+        answer = [t for t, m in zip(full[len(prompt):], mask[len(prompt):]) if m][:-1]
+        if runner.truncate:
+            prompt = runner._cut(prompt, demo_data.RESERVE)  # as RULER calls generate
+        ratio, n_full, _, cap = bgen.plan(len(prompt), runner.bcfg, 0 if runner.truncate
+                                          else runner.ratio)
+        if n_full * w == len(prompt):  # no tail: the last window's raw rows read as the tail
+            n_full -= 1  # (the same logits, tests/beacon_model_test.py)
+        seq = prompt + answer
+        rest = seq[n_full * w:]
+        r_len = w + 32  # tail (< W) + answer (a 7-digit number), padded: one program
+        n_pad = 1 << max(0, math.ceil(math.log2(max(n_full, 1))))
+        buf = np.zeros((1, (n_pad + 1) * w), np.int32)
+        buf[0, :n_full * w] = seq[:n_full * w]
+        r, t, wt = (np.zeros((1, r_len), np.int32), np.zeros((1, r_len), np.int32),
+                    np.zeros((1, r_len), np.float32))
+        r[0, :len(rest)] = rest
+        t[0, :len(rest) - 1] = rest[1:]
+        wt[0, len(prompt) - n_full * w - 1:len(rest) - 1] = 1.0
+        tot += float(fn(graphdef, state, buf, np.int32(n_full), r, t, wt,
+                        np.int32(runner.bcfg.expert(ratio) if ratio else 0), ratio=ratio,
+                        capacity=cap))
+        cnt += len(answer)
+    return round(tot / max(cnt, 1), 3)
 
 
 def run(cfg, workdir: str) -> dict:
