@@ -12,7 +12,7 @@ a run can also be trained alone, e.g. on an existing base run:
 Phases (demo/beacon.py): KJV corpus and tokenizer -> data (copy rows; NIAH-format retrieval
 at the native window; retrieval at 2x-4x the window and KJV text for the adapters) -> base
 model (s0_copy then s1_base at the native window, 320 tokens) -> two adapter runs from the
-same frozen base ('shared': one LoRA for ratios 8/16/32; 'experts': one LoRA per ratio), same
+same frozen base ('shared': one LoRA for ratios 5/10/20; 'experts': one LoRA per ratio), same
 data, same ratio draws -> RULER NIAH at 1x (the base), 4x/8x/16x (1280/2560/5120 tokens) for
 truncation, shared and experts -> summary.
 
@@ -34,8 +34,11 @@ def get_config(arg=None):
     c.model.update(vocab_size=1024, d_model=128 if full else 32, n_layers=2, n_heads=4,
                    n_kv_heads=2, head_dim=32 if full else 8, mlp_dim=256 if full else 64)
     native = 320  # the base's native window P, tokens
-    window = 64  # beacon window W (= stride), tokens
-    seq = 1344 if full else 640  # adapter training rows: 21 / 10 windows
+    # Beacon window W (= stride), tokens. 40, not a power of two, so that ratios 5/10/20
+    # divide it: the smallest ratios whose capacity (P - W) * ratio + W covers 4x/8x/16x
+    # the native window (with W = 64 they are 8/16/32; docs/BEACON.md has the measurements).
+    window = 40
+    seq = 1320 if full else 640  # adapter training rows: 33 / 16 windows
     c.model.max_seq_len = seq
     c.mesh.update(data=-1, fsdp=1)  # CPU: data parallel over the local devices
     c.attn.update(impl="blockwise", block_q=64, block_k=64)
@@ -57,29 +60,30 @@ def get_config(arg=None):
         adapter=a.adapter or "experts",  # experts | shared | clone (demo.beacon runs several)
         window=window,  # W, tokens per window (= stride)
         native_len=native,  # P, the base's native window, tokens
-        ratios="8,16,32",  # served compression ratios (each divides W)
+        ratios="5,10,20",  # served compression ratios (each divides W)
         uncompressed=True,  # ratio 0 for inputs that fit P
         headroom=window,  # adapt-N generation headroom, tokens (reference 1024 = W)
-        rank=8, alpha=16.0,  # LoRA rank and alpha (scale alpha / rank = 2, as LongLoRA's)
+        rank=32, alpha=64.0,  # LoRA rank and alpha (scale 2, as LongLoRA's); rank 8 learnt
+        # no retrieval through memory even at ratio 2 (docs/BEACON.md)
         targets="q,k,v,o",  # projections with an adapter on beacon rows
         embed_per_expert=True,  # one beacon embedding per expert
         overflow="error",  # inputs beyond the largest ratio: error | largest
-        train_ratios="8,16,32" if full else "8",  # drawn per optimizer step (seeded by step)
+        train_ratios="5,10,20" if full else "5",  # drawn per optimizer step (seeded by step)
         ratio_weights="",  # '' = uniform
         data_mix="",  # 'glob=weight;glob=weight' ('' = the stage's data_path)
         remat=True,  # recompute each window in the backward pass
     ))
     c.beacon_demo = mc.ConfigDict(dict(
         adapters="shared,experts",  # adapter runs compared (truncation needs none)
-        steps=150 if full else 2,  # optimizer steps per adapter run
+        steps=360 if full else 2,  # optimizer steps per adapter run (experts: ~120 per ratio)
         seq_len=seq,  # adapter training row length, tokens (a multiple of W)
         batch_size=4 if full else 2,  # adapter rows per step
-        lr=2e-3,  # adapter peak LR (cosine to 10%)
+        lr=3e-3,  # adapter peak LR (cosine to 10%; 1e-2 was worse, docs/BEACON.md)
         # Share of adapter batches that are KJV text (loss on every token). 0: the tiny base
         # never learnt KJV text, so its text loss (~7.7 nats) swamped the ~10 answer tokens
         # of a retrieval row and the adapters learnt nothing (measured, docs/BEACON.md).
         text_share=0.0,
-        train_lengths="640,1280" if full else "576",  # retrieval lengths for adapters
+        train_lengths="640,1280" if full else "560",  # retrieval lengths for adapters
         base_tasks="niah_single_1,niah_single_2",  # retrieval tasks of the base stage
         copy_share=0.25,  # base stage rows that are copy conversations
         copy_max_items=24, copy_digit_share=0.3,

@@ -286,6 +286,13 @@ def report(workdir: str, results: dict, native: int, lengths: list[int], secs: f
         means = results["eval"][m]["length_means"]
         lines.append(f"{m:<12s} " + "  ".join(f"{means.get(str(L), float('nan')):>11.1f}"
                                              for L in lengths))
+    lines.append("answer-number loss (teacher-forced, nats/token; uniform over digits = 2.30)")
+    nat = results["eval"]["native"].get("answer_nll", {})
+    lines.append(f"base at its own window: {nat}")
+    for m in models:
+        nll = results["eval"][m].get("answer_nll", {})
+        lines.append(f"{m:<12s} " + "  ".join(f"{nll.get(str(L), float('nan')):>11.3f}"
+                                             for L in lengths))
     lines.append("ratios used: " + json.dumps({m: results["eval"][m]["ratios_used"]
                                                for m in models[1:]}))
     lines.append("train seconds: " + json.dumps({k: v["seconds"]

@@ -29,8 +29,8 @@ def test_beacon_miniature_smoke(tmp_path):
     assert set(s["eval"]) == {"native", "truncation", "shared", "experts"}
     for m in ("truncation", "shared", "experts"):
         assert set(s["eval"][m]["length_means"]) == {"640"}
-    # The adapters read 640 tokens at ratio 8 (the smallest that covers 640 + headroom).
-    assert s["eval"]["experts"]["ratios_used"] == {"8": 2}
+    # The adapters read 640 tokens at ratio 5 (the smallest that covers 640 + headroom).
+    assert s["eval"]["experts"]["ratios_used"] == {"5": 2}
     assert s["eval"]["truncation"]["ratios_used"] == {"0": 2}
     assert "truncation" in open(os.path.join(wd, "summary.txt")).read()
     again = _run(wd)  # every phase cached: nothing trains or evaluates again
