@@ -5,8 +5,8 @@ Run (CPU; ~3 min on 2 idle cores with the defaults):
     python3 bench/beacon_bench.py [--lengths 1024,2048,4096,8192,16384] [--reps 3]
     python3 bench/beacon_bench.py --smoke        # tiny, for tests/bench_test.py
 
-Model: the base of `configs/beacon_demo.py` (d_model 128, 2 layers, native window 320,
-beacon window 64; random weights: speed does not depend on them). For each length, side by
+Model: the shapes of `configs/beacon_demo.py`'s base (d_model 128, 2 layers, native window
+320) with beacon window 64 (random weights: speed does not depend on them). For each length, side by
 side in this run:
   * full: the base model's forward over all T tokens (blockwise attention, 64-token blocks),
   * beacon: `lctx.beacon_generate.prefill`, window by window, at the ratio `adapt-N` picks

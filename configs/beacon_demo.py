@@ -75,7 +75,7 @@ def get_config(arg=None):
     ))
     c.beacon_demo = mc.ConfigDict(dict(
         adapters="shared,experts",  # adapter runs compared (truncation needs none)
-        steps=360 if full else 2,  # optimizer steps per adapter run (experts: ~120 per ratio)
+        steps=720 if full else 2,  # optimizer steps per adapter run (experts: ~240 per ratio)
         seq_len=seq,  # adapter training row length, tokens (a multiple of W)
         batch_size=4 if full else 2,  # adapter rows per step
         lr=3e-3,  # adapter peak LR (cosine to 10%; 1e-2 was worse, docs/BEACON.md)
