@@ -2,7 +2,7 @@
 
 Run (CPU; ~3 min on 2 idle cores with the defaults):
 
-    python3 bench/beacon_bench.py [--lengths 1024,2048,4096,8192,16384] [--reps 3]
+    python3 bench/beacon_bench.py [--lengths 256,512,1024,2048,4096,8192,16384] [--reps 3]
     python3 bench/beacon_bench.py --smoke        # tiny, for tests/bench_test.py
 
 Model: the shapes of `configs/beacon_demo.py`'s base (d_model 128, 2 layers, native window
@@ -82,7 +82,7 @@ def kv_bytes_per_token(cfg, ratio: int) -> float:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--lengths", default="1024,2048,4096,8192,16384")
+    p.add_argument("--lengths", default="256,512,1024,2048,4096,8192,16384")
     p.add_argument("--windows", default="4,16,64", help="window counts for the flatness table")
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--smoke", action="store_true", help="tiny model, short lengths")
