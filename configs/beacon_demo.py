@@ -10,7 +10,8 @@ a run can also be trained alone, e.g. on an existing base run:
         --config.ckpt.resume_from=runs/beacon_demo/base --workdir=runs/beacon_experts
 
 Phases (demo/beacon.py): KJV corpus and tokenizer -> data (copy rows; NIAH-format retrieval
-at the native window; retrieval at 2x-4x the window and KJV text for the adapters) -> base
+at the native window; retrieval at 2x-4x the window for the adapters, and KJV text rows,
+unused at text_share=0) -> base
 model (s0_copy then s1_base at the native window, 320 tokens) -> two adapter runs from the
 same frozen base ('shared': one LoRA for ratios 5/10/20; 'experts': one LoRA per ratio), same
 data, same ratio draws -> RULER NIAH at 1x (the base), 4x/8x/16x (1280/2560/5120 tokens) for
