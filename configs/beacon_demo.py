@@ -4,10 +4,11 @@ for all ratios and one LoRA expert per ratio.
 
 Command (from the repository root; builds everything under the workdir, resumable):
     python3 -m lctx.train --config=configs/beacon_demo.py --workdir=runs/beacon_demo
-Variant: `configs/beacon_demo.py:smoke` (CI: tiny sizes, a few steps). The adapter stage of
-a run can also be trained alone, e.g. on an existing base run:
-    python3 -m lctx.train --config=configs/beacon_demo.py:adapter=experts \
-        --config.ckpt.resume_from=runs/beacon_demo/base --workdir=runs/beacon_experts
+Variant: `configs/beacon_demo.py:smoke` (CI: tiny sizes, a few steps). One adapter run can
+also be trained alone on a finished miniature (its tokenizer, adapter data and frozen base
+from the `base=` workdir, default runs/beacon_demo):
+    python3 -m lctx.train --config=configs/beacon_demo.py:adapter=experts,base=runs/beacon_demo \
+        --workdir=runs/beacon_experts
 
 Phases (demo/beacon.py): KJV corpus and tokenizer -> data (copy rows; NIAH-format retrieval
 at the native window; retrieval at 2x-4x the window for the adapters, and KJV text rows,
@@ -20,13 +21,15 @@ truncation, shared and experts -> summary.
 Hardware: 2 CPU cores, ~3 GB RAM. Expected time and result: measured numbers in README
 ("Context compression (beacons)") and docs/BEACON.md.
 """
+import os
+
 import ml_collections as mc
 
 from configs import common
 
 
 def get_config(arg=None):
-    a = common.parse_arg(arg, variant="full", adapter="")
+    a = common.parse_arg(arg, variant="full", adapter="", base="runs/beacon_demo")
     if a.variant not in ("full", "smoke"):
         raise ValueError(f"beacon_demo variant {a.variant!r}; expected full or smoke")
     full = a.variant == "full"
@@ -104,4 +107,9 @@ def get_config(arg=None):
                                               rope_cfg=common.rope(theta=10_000.0),
                                               lr=c.beacon_demo.lr, export_hf=False)
         c.data.batch_size = c.beacon_demo.batch_size
+        # What demo.beacon wrote in the miniature's workdir (tokenizer, data and base phases).
+        c.data.tokenizer = os.path.join(a.base, "tokenizer", "sp.model")
+        c.data.path = c.stages["s2_adapter"].data_path = os.path.join(
+            a.base, "data", "adapter_retrieval.arrayrecord")
+        c.ckpt.resume_from = os.path.join(a.base, "base", "ckpt", "s1_base")
     return c

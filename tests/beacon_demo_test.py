@@ -12,11 +12,11 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _run(workdir):
+def _run(workdir, config="configs/beacon_demo.py:smoke"):
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one device, as users
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     return subprocess.run([sys.executable, "-m", "lctx.train",
-                           "--config=configs/beacon_demo.py:smoke", f"--workdir={workdir}"],
+                           f"--config={config}", f"--workdir={workdir}"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
 
 
@@ -36,3 +36,7 @@ def test_beacon_miniature_smoke(tmp_path):
     again = _run(wd)  # every phase cached: nothing trains or evaluates again
     assert again.returncode == 0 and not re.search(r"phase \S+ +start", again.stderr)
     assert re.search(r"phase train-experts +cached", again.stderr)
+    # The docstring's second command: one adapter run alone on the finished miniature.
+    one = _run(str(tmp_path / "experts"), f"configs/beacon_demo.py:smoke,adapter=experts,base={wd}")
+    assert one.returncode == 0, one.stderr[-3000:]
+    assert os.path.isdir(tmp_path / "experts" / "ckpt" / "s2_adapter" / "2")

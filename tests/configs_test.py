@@ -25,7 +25,7 @@ NAMES = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, "c
                and os.path.basename(p) not in ("common.py", "paper.py"))
 VARIANTS = {"ablation_180k": ["h-h-s-fixed-no-sum", "hs-hs-hs-randomized"],
             "ablation_100k": ["4-hierarchies-multihop"], "1m": ["rope=llama3"],
-            "demo": ["quick"]}
+            "demo": ["quick"], "beacon_demo": ["smoke,adapter=experts"]}
 CASES = [(n, None) for n in NAMES] + [(n, a) for n, vs in VARIANTS.items() for a in vs]
 SECTIONS = {"model", "attn", "mesh", "data", "opt", "ckpt", "eval", "log", "stages"}
 T = 256  # stage length of the tiny runs: 16 tokens a device in 16 zigzag chunks over 8
