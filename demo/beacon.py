@@ -88,9 +88,11 @@ def build_data(cfg, workdir: str, tok: str) -> dict:
     demo_data.retrieval_records(_names(d.base_tasks), _ints(d.train_lengths),
                                 max(8, int(rows * (1 - float(d.text_share)))), tok, seed + 4,
                                 adapter_ret)
-    adapter_text = os.path.join(out, "adapter_text.arrayrecord")
-    text_records(tok, max(8, int(rows * float(d.text_share))), int(d.seq_len), seed + 5,
-                 adapter_text)
+    adapter_text = None  # KJV text rows only when the mix uses them
+    if float(d.text_share) > 0:
+        adapter_text = os.path.join(out, "adapter_text.arrayrecord")
+        text_records(tok, max(8, int(rows * float(d.text_share))), int(d.seq_len), seed + 5,
+                     adapter_text)
     return {"paths": paths, "adapter": {"retrieval": adapter_ret, "text": adapter_text}}
 
 
